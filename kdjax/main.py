@@ -1,0 +1,117 @@
+"""Command line: `python -m kdjax.main --config=configs/dkd_cifar.py[:TEACHER,STUDENT] [--workdir=DIR]`.
+
+A thin absl wrapper around `kdjax.train.train_and_evaluate`, which Colab users and
+tests call directly. Any field can be overridden: `--config.optim.lr=0.1`.
+"""
+from __future__ import annotations
+
+import difflib
+import importlib.util
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "A config file, optionally with its argument: configs/dkd_cifar.py:resnet32x4,resnet8x4.",
+    lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None,
+                               "Run directory (checkpoints, logs, results.json); the run resumes from "
+                               "it. Default: runs/<method>_<teacher>_<student>.")
+flags.mark_flags_as_required(["config"])
+
+
+def _fail(message: str) -> None:
+  """Ends the program with one line on stderr and exit code 2."""
+  print(f"kdjax: error: {message}", file=sys.stderr, flush=True)
+  sys.exit(2)
+
+
+def _load_config_from_argv(argv: list[str]):
+  """The config named by --config=PATH[:ARG] in `argv`, built without overrides (or None)."""
+  spec = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+  if spec is None:
+    return None
+  path, _, arg = spec.partition(":")
+  module_spec = importlib.util.spec_from_file_location("kdjax_user_config", path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module.get_config(arg) if arg else module.get_config()
+
+
+def _unknown_field(argv: list[str]) -> str | None:
+  """The message for the first `--config.a.b=...` override naming no config field, if any."""
+  try:
+    config = _load_config_from_argv(argv)
+  except Exception:  # pylint: disable=broad-except
+    return None
+  if config is None:
+    return None
+  for arg in argv:
+    if not arg.startswith("--config."):
+      continue
+    parts = arg[len("--config."):].split("=", 1)[0].split(".")
+    node, prefix = config, "config"
+    for part in parts:
+      keys = sorted(node.keys()) if hasattr(node, "keys") else []
+      if part not in keys:
+        close = difflib.get_close_matches(part, keys, n=1)
+        hint = f" Did you mean {prefix}.{close[0]}?" if close else ""
+        return (f"unknown config field {prefix}.{part} (from {arg.split('=', 1)[0]}).{hint} "
+                f"Valid fields of {prefix}: {', '.join(keys)}.")
+      node, prefix = node[part], f"{prefix}.{part}"
+  return None
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+  """absl flag parsing, with config errors turned into one clear line and exit code 2."""
+  try:
+    return flags.FLAGS(argv)
+  except Exception as e:  # pylint: disable=broad-except
+    from kdjax.errors import UserError  # pylint: disable=import-outside-toplevel
+    cause = e.__cause__ or e.__context__
+    if isinstance(cause, UserError):
+      # config_flags re-raises get_config's error with the traceback in its text.
+      _fail(str(cause).rsplit("UserError: ", 1)[-1].strip())
+    unknown = _unknown_field(argv)
+    if unknown:
+      _fail(unknown)
+    if isinstance(e, OSError) or isinstance(cause, OSError):
+      _fail(f"cannot load the config file ({cause or e})".replace("\n", " "))
+    if isinstance(e, flags.UnrecognizedFlagError):
+      _fail(f"{e}. Run with --helpshort to list the flags.")
+    _fail(str(e).strip().splitlines()[0])
+  return argv
+
+
+def main(argv: list[str]) -> None:
+  """Trains and evaluates; bad input ends with one line on stderr and exit code 2."""
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  if not flags.FLAGS["verbosity"].present:
+    # Orbax and TFDS log every save and read at INFO; keep the console for progress.
+    logging.set_verbosity(logging.WARNING)
+  # Imported here so that `--help` and flag errors are fast.
+  from kdjax import train  # pylint: disable=import-outside-toplevel
+  from kdjax.errors import UserError  # pylint: disable=import-outside-toplevel
+  try:
+    config = _CONFIG.value
+    config.method  # pylint: disable=pointless-statement  (a config that failed to load raises here)
+  except OSError as e:
+    _fail(f"cannot load the config file ({e})".replace("\n", " "))
+  workdir = _WORKDIR.value or train.default_workdir(config)
+  logging.info("workdir: %s\nconfig:\n%s", workdir, config)
+  try:
+    results = train.train_and_evaluate(config, workdir)
+  except UserError as e:
+    _fail(str(e))
+  summary = (f"[kdjax] done: {results['method']} {results['student']} on {results['dataset']}: "
+             f"best top-1 {results['best_top1']:.2f}% (epoch {results['best_epoch']}), "
+             f"last {results['last_top1']:.2f}%")
+  if results.get("teacher_top1") is not None:
+    summary += f"; teacher {results['teacher']} {results['teacher_top1']:.2f}%"
+  print(summary + f". Results: {workdir}/results.json", flush=True)
+
+
+if __name__ == "__main__":
+  app.run(main, flags_parser=_parse_flags)

@@ -1,0 +1,38 @@
+"""KD: Hinton, Vinyals & Dean (2015), "Distilling the Knowledge in a Neural Network".
+
+    L = w_ce * CE(z_s, y) + w_kd * T^2 * mean_b KL(softmax(z_t/T) || softmax(z_s/T))
+
+The KL is summed over classes and averaged over the batch (mdistiller and
+RepDistiller compute the same number). Both sides are log-softmaxes, so the loss
+never forms 0 * log 0.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from kdjax.methods import base, registry
+
+
+def kd_loss(student_logits: jax.Array, teacher_logits: jax.Array, temperature: float) -> jax.Array:
+  """T^2 * batch-mean KL(teacher || student) of temperature-softened logits."""
+  log_ps = jax.nn.log_softmax(student_logits.astype(jnp.float32) / temperature, axis=-1)
+  log_pt = jax.nn.log_softmax(
+      jax.lax.stop_gradient(teacher_logits).astype(jnp.float32) / temperature, axis=-1)
+  kl = jnp.sum(jnp.exp(log_pt) * (log_pt - log_ps), axis=-1)
+  return temperature**2 * jnp.mean(kl)
+
+
+@registry.register("kd")
+def make(cfg: ml_collections.ConfigDict) -> base.Method:
+  """KD with `cfg.kd.{temperature, ce_weight, kd_weight}` (CIFAR: 4, 0.1, 0.9)."""
+  t, w_ce, w_kd = float(cfg.kd.temperature), float(cfg.kd.ce_weight), float(cfg.kd.kd_weight)
+
+  def loss(params, state, student_out, teacher_out, labels, progress):
+    del params, progress
+    ce = base.cross_entropy(student_out[0], labels)
+    kd = kd_loss(student_out[0], teacher_out[0], t)
+    return w_ce * ce + w_kd * kd, {"loss_ce": ce, "loss_kd": kd}, state
+
+  return base.Method(name="kd", needs_teacher=True, loss=loss)

@@ -1,0 +1,345 @@
+"""Numerical parity of every kdjax model with its PyTorch reference, through `kdjax.convert`.
+
+For each architecture: random PyTorch weights (non-trivial BN weight/bias/running stats) are saved
+as a released-style checkpoint (`{"model": sd}` plus extra pickled objects, some keys carrying a
+DataParallel `module.` prefix), imported with `from_torch`, and the Flax model must reproduce the
+PyTorch logits and every feature tap, in eval mode and in train mode (batch statistics), and
+update the BN running statistics the same way.
+
+Eval mode runs in float32 (every output within 1e-4; observed ~1e-6). Train mode runs in float64
+on both sides: with batch 2, train-mode BN divides by small-sample batch deviations, which
+amplifies float32 rounding layer after layer (deep taps of resnet110 / ResNet50 differ by up to
+~8e-4 in float32) while the same comparison in float64 agrees to ~1e-12, so float64 is what
+separates a real semantic difference from rounding.
+
+Running variance: PyTorch folds the *unbiased* batch variance (n / (n - 1)) into `running_var`,
+Flax the biased one (protocol.md §5.5). A forward pre-hook records every BN call's input, from
+which the test rebuilds both updates: PyTorch's own `running_var` must match the unbiased
+replay (that documents the rule), and Flax's must match the biased replay. A BN called twice in
+one forward (WRN's preact taps) is replayed twice.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import zlib
+from typing import Any
+
+import jax
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from kdjax import convert  # noqa: E402
+from kdjax import models  # noqa: E402
+from torch_reference.models import MODELS  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ATOL = 1e-4  # float32 eval, batch 2: observed differences are ~1e-6
+ATOL64 = 1e-8  # float64 train mode: observed differences are ~1e-12
+MOMENTUM = 0.1  # PyTorch BN momentum (Flax 0.9)
+ARCHS = sorted(set(models.names()) & set(MODELS))
+
+
+def _seed(arch: str) -> int:
+  return zlib.crc32(arch.encode())
+
+
+def randomized_torch_model(arch: str, num_classes: int = 100) -> torch.nn.Module:
+  """The reference model with random weights and non-trivial BN affine parameters and statistics."""
+  torch.manual_seed(_seed(arch))
+  model = MODELS[arch](num_classes=num_classes)
+  with torch.no_grad():
+    for m in model.modules():
+      if isinstance(m, torch.nn.BatchNorm2d):
+        m.weight.uniform_(0.5, 1.5)
+        m.bias.normal_(0.0, 0.2)
+        m.running_mean.normal_(0.0, 0.3)
+        m.running_var.uniform_(0.5, 2.0)
+  return model.eval()
+
+
+def save_released_style(model: torch.nn.Module, path: str) -> None:
+  """Saves like the released teachers: `{"model": sd}` plus pickled extras; half the keys `module.`."""
+  sd = {(f"module.{k}" if i % 2 else k): v for i, (k, v) in enumerate(model.state_dict().items())}
+  torch.save({"model": sd, "epoch": 240, "accuracy": np.float64(73.5),
+              "opt": argparse.Namespace(lr=0.05, model="x")}, path)
+
+
+def images(seed: int = 0, batch: int = 2) -> np.ndarray:
+  """A float32 NCHW batch."""
+  return np.random.RandomState(seed).randn(batch, 3, 32, 32).astype(np.float32)
+
+
+def nhwc(t: torch.Tensor) -> np.ndarray:
+  """A torch activation in Flax layout (NCHW -> NHWC; vectors unchanged)."""
+  a = t.detach().numpy()
+  return a.transpose(0, 2, 3, 1) if a.ndim == 4 else a
+
+
+def max_diff(a: Any, b: np.ndarray) -> float:
+  a = np.asarray(a)
+  assert a.shape == b.shape, (a.shape, b.shape)
+  return float(np.max(np.abs(a - b)))
+
+
+def compare_outputs(flax_out: Any, torch_out: Any, what: str, atol: float = ATOL) -> dict[str, float]:
+  """Asserts logits and every feature tap agree within `atol`; returns the max diffs."""
+  (fl, ff), (tl, tf) = flax_out, torch_out
+  diffs = {"logits": max_diff(fl, tl.detach().numpy())}
+  for key in ("feats", "preact_feats"):
+    assert len(ff[key]) == len(tf[key]), f"{what}: {key} has {len(ff[key])} taps, torch {len(tf[key])}"
+    for i, (a, b) in enumerate(zip(ff[key], tf[key])):
+      diffs[f"{key}[{i}]"] = max_diff(a, nhwc(b))
+  diffs["pooled"] = max_diff(ff["pooled"], nhwc(tf["pooled"]))
+  bad = {k: v for k, v in diffs.items() if not v <= atol}
+  assert not bad, f"{what}: max |flax - torch| above {atol}: {bad}"
+  return diffs
+
+
+def record_bn_inputs(model: torch.nn.Module) -> tuple[dict[str, list[tuple[np.ndarray, np.ndarray, int]]], list]:
+  """Hooks every BN: name -> [(batch mean, biased batch var, n) per call] (float64)."""
+  calls: dict[str, list[tuple[np.ndarray, np.ndarray, int]]] = {}
+  handles = []
+  for name, m in model.named_modules():
+    if isinstance(m, torch.nn.BatchNorm2d):
+      def hook(_, inputs, name=name):
+        x = inputs[0].detach().double()
+        n = x.numel() // x.shape[1]
+        calls.setdefault(name, []).append((x.mean((0, 2, 3)).numpy(),
+                                           x.var((0, 2, 3), unbiased=False).numpy(), n))
+      handles.append(m.register_forward_pre_hook(hook))
+  return calls, handles
+
+
+def replay(start: np.ndarray, stats: list[np.ndarray]) -> np.ndarray:
+  """running <- (1 - m) running + m stat, once per recorded call."""
+  r = start.astype(np.float64)
+  for s in stats:
+    r = (1 - MOMENTUM) * r + MOMENTUM * s
+  return r
+
+
+def subtree(tree: dict, dotted: str) -> dict:
+  for part in dotted.split("."):
+    tree = tree[part]
+  return tree
+
+
+def test_reference_zoo_is_fully_registered():
+  """Every reference architecture has a Flax model (parity is only tested for the intersection)."""
+  assert sorted(MODELS) == sorted(set(MODELS) & set(models.names())), \
+      f"not registered in kdjax.models: {sorted(set(MODELS) - set(models.names()))}"
+
+
+# XLA:CPU compiles these thin, deep ResNets slower as one jitted graph than op by op; every other
+# model (grouped convs, many shapes) is faster jitted. Only a matter of test time.
+_EAGER = {"resnet32", "resnet44", "resnet56", "resnet110", "resnet32x4"}
+
+
+def flax_apply(arch: str, model: Any):
+  """`model.apply`, jitted unless eager is cheaper for `arch`."""
+  return model.apply if arch in _EAGER else jax.jit(model.apply, static_argnames=("train", "mutable"))
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_parity(arch: str, tmp_path):
+  """Eval- and train-mode outputs and BN running-stat updates match PyTorch after from_torch."""
+  tm = randomized_torch_model(arch)
+  path = str(tmp_path / f"{arch}.pth")
+  save_released_style(tm, path)
+  variables = convert.from_torch(path, arch)
+  apply = flax_apply(arch, models.get(arch))
+  x = images(_seed(arch) % 1000)
+
+  # Eval mode, float32: running statistics.
+  with torch.no_grad():
+    t_eval = tm(torch.from_numpy(x))
+  d_eval = compare_outputs(apply(variables, x.transpose(0, 2, 3, 1), train=False), t_eval, f"{arch} eval")
+
+  # Train mode, float64 (see the module docstring): batch statistics and the running-stat update.
+  tm = tm.double().train()
+  old = {name: (m.running_mean.numpy().copy(), m.running_var.numpy().copy())
+         for name, m in tm.named_modules() if isinstance(m, torch.nn.BatchNorm2d)}
+  calls, handles = record_bn_inputs(tm)
+  with torch.no_grad():
+    t_train = tm(torch.from_numpy(x.astype(np.float64)))
+  for h in handles:
+    h.remove()
+  with jax.enable_x64(True):
+    variables64 = jax.tree.map(lambda a: np.asarray(a, np.float64), variables)
+    f_train, mutated = apply(variables64, x.transpose(0, 2, 3, 1).astype(np.float64), train=True,
+                             mutable=("batch_stats",))
+    d_train = compare_outputs(f_train, t_train, f"{arch} train (float64)", ATOL64)
+    new_stats = jax.tree.map(np.asarray, mutated["batch_stats"])
+
+  d_mean = d_var = 0.0
+  for name, m in tm.named_modules():
+    if not isinstance(m, torch.nn.BatchNorm2d):
+      continue
+    assert name in calls, f"{arch}: BN {name} was not called in the train-mode forward"
+    means = [c[0] for c in calls[name]]
+    biased = [c[1] for c in calls[name]]
+    unbiased = [v * n / (n - 1) for _, v, n in calls[name]]
+    # The hook-based replay reproduces PyTorch's own update (with the unbiased variance) ...
+    np.testing.assert_allclose(m.running_mean.numpy(), replay(old[name][0], means), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(m.running_var.numpy(), replay(old[name][1], unbiased), rtol=1e-12, atol=1e-12)
+    # ... and Flax's update is the same rule with the biased variance.
+    stats = subtree(new_stats, name)
+    d_mean = max(d_mean, max_diff(stats["mean"], m.running_mean.numpy()))
+    d_var = max(d_var, max_diff(stats["var"], replay(old[name][1], biased)))
+  assert d_mean <= ATOL64 and d_var <= ATOL64, f"{arch}: running mean {d_mean}, running var {d_var}"
+  print(f"\n{arch}: eval float32 {max(d_eval.values()):.1e} (logits {d_eval['logits']:.1e}); "
+        f"train float64 {max(d_train.values()):.1e}; running mean {d_mean:.1e}, "
+        f"running var (biased replay) {d_var:.1e}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Importer behaviour (on resnet8: cheap)
+
+
+@pytest.fixture(scope="module")
+def resnet8_sd() -> dict[str, np.ndarray]:
+  return {k: v.numpy() for k, v in randomized_torch_model("resnet8").state_dict().items()}
+
+
+def test_unknown_missing_and_misshapen_keys_are_named(resnet8_sd):
+  sd = dict(resnet8_sd)
+  sd["layer1.0.extra.weight"] = np.zeros((3,), np.float32)
+  del sd["layer2.0.bn1.running_var"]
+  sd["fc.weight"] = np.zeros((10, 64), np.float32)
+  with pytest.raises(ValueError) as e:
+    convert.state_dict_to_variables(sd, "resnet8")
+  msg = str(e.value)
+  assert "unknown key(s): layer1.0.extra.weight" in msg
+  assert "missing key(s): layer2.0.bn1.running_var" in msg
+  assert "fc.weight: checkpoint [10, 64] vs model [100, 64]" in msg
+
+
+@pytest.mark.parametrize("edit, name", [
+    (lambda sd: sd.update({"bogus.bias": np.zeros(2, np.float32)}), "bogus.bias"),
+    (lambda sd: sd.pop("layer3.0.downsample.0.weight"), "layer3.0.downsample.0.weight"),
+    (lambda sd: sd.update({"conv1.weight": np.zeros((16, 3, 5, 5), np.float32)}), "conv1.weight"),
+    (lambda sd: sd.update({"bn1.weight": np.zeros((16, 1), np.float32)}), "bn1.weight"),
+])
+def test_each_error_names_the_key(resnet8_sd, edit, name):
+  sd = dict(resnet8_sd)
+  edit(sd)
+  with pytest.raises(ValueError, match=name.replace(".", r"\.")):
+    convert.state_dict_to_variables(sd, "resnet8")
+
+
+def test_checkpoint_layouts(resnet8_sd):
+  """Raw sd, {"model": sd}, module. prefixes, missing num_batches_tracked, mdistiller distiller."""
+  ref = convert.state_dict_to_variables(resnet8_sd, "resnet8")
+  no_counter = {k: v for k, v in resnet8_sd.items() if not k.endswith("num_batches_tracked")}
+  prefixed = {"module." + k: v for k, v in resnet8_sd.items()}
+  distiller = {**{"module.student." + k: v for k, v in resnet8_sd.items()},
+               "module.teacher.conv1.weight": np.zeros((8, 3, 3, 3), np.float32),
+               "module.conv_reg.weight": np.zeros((4, 4, 1, 1), np.float32)}
+  for sd, sub in [({"model": resnet8_sd}, None), (no_counter, None), ({"model": prefixed}, None),
+                  ({"model": distiller, "epoch": 3}, "student")]:
+    got = convert.state_dict_to_variables(sd, "resnet8", submodule=sub)
+    assert_trees_equal(got, ref)
+  with pytest.raises(ValueError, match="submodule='student'"):
+    convert.state_dict_to_variables(distiller, "resnet8")
+
+
+def assert_trees_equal(a: dict, b: dict) -> None:
+  fa, fb = convert.mapping.flatten_variables(a), convert.mapping.flatten_variables(b)
+  assert sorted(fa) == sorted(fb)  # dict order is not semantic (jax.tree.map sorts keys)
+  for k in fa:
+    np.testing.assert_array_equal(np.asarray(fa[k]), np.asarray(fb[k]), err_msg=str(k))
+
+
+def test_round_trip_kdjax_torch_kdjax(tmp_path):
+  """Flax init -> .pth -> strict torch load (same logits) -> Flax: identical variables."""
+  arch = "wrn_16_1"  # BN-first blocks, a 1x1 shortcut conv and a stem without BN
+  model = models.get(arch, num_classes=10)
+  x = images(1)
+  variables = jax.tree.map(np.asarray, model.init(jax.random.key(0), x.transpose(0, 2, 3, 1), train=False))
+  path = str(tmp_path / "k.pth")
+  convert.to_torch(variables, path, arch=arch)
+
+  sd = torch.load(path, weights_only=True)["model"]
+  tm = MODELS[arch](num_classes=10).eval()
+  tm.load_state_dict(sd, strict=True)
+  assert list(sd) == list(tm.state_dict()), "state_dict key order differs from PyTorch's"
+  assert sd["bn1.num_batches_tracked"].dtype == torch.int64 and sd["bn1.num_batches_tracked"].ndim == 0
+  with torch.no_grad():
+    compare_outputs(model.apply(variables, x.transpose(0, 2, 3, 1), train=False), tm(torch.from_numpy(x)),
+                    f"{arch} exported")
+  assert_trees_equal(convert.from_torch(path, arch, num_classes=10), variables)
+
+
+def test_variables_to_state_dict_checks_the_arch(resnet8_sd):
+  variables = convert.state_dict_to_variables(resnet8_sd, "resnet8")
+  del variables["params"]["layer1"]["0"]["bn2"]
+  with pytest.raises(ValueError, match=r"missing key\(s\): layer1\.0\.bn2\.weight, layer1\.0\.bn2\.bias"):
+    convert.variables_to_state_dict(variables, "resnet8")
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line and the torch-free import
+
+
+def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+  return subprocess.run([sys.executable, "-m", "kdjax.convert", *args], cwd=REPO, env=env,
+                        capture_output=True, text=True, timeout=300, check=False)
+
+
+def test_cli_round_trip(tmp_path):
+  arch = "resnet8x4"
+  tm = randomized_torch_model(arch, num_classes=10)
+  src = str(tmp_path / "src.pth")
+  save_released_style(tm, src)
+  model_dir, out = str(tmp_path / "model"), str(tmp_path / "back.pth")
+
+  r = run_cli(f"--arch={arch}", f"--torch={src}", f"--out={model_dir}", "--dataset=cifar10")
+  assert r.returncode == 0, r.stderr
+  r = run_cli("--to-torch", f"--model={model_dir}", f"--out={out}")
+  assert r.returncode == 0, r.stderr
+
+  with open(os.path.join(model_dir, "meta.json")) as f:
+    meta = json.load(f)
+  assert meta["arch"] == arch and meta["num_classes"] == 10 and meta["dataset"] == "cifar10"
+  assert meta["mean"] == [0.4914, 0.4822, 0.4465] and meta["std"] == [0.2470, 0.2435, 0.2616]
+  assert meta["source_sha256"] == convert.sha256(src)
+  back = torch.load(out, weights_only=True)["model"]
+  ref = tm.state_dict()
+  assert list(back) == list(ref)
+  for k, v in ref.items():
+    if not k.endswith("num_batches_tracked"):  # a step counter, not carried by Flax
+      assert torch.equal(back[k], v), k
+
+
+def test_cli_errors_are_one_line(tmp_path):
+  src = str(tmp_path / "r8.pth")
+  save_released_style(randomized_torch_model("resnet8"), src)
+  for args, needle in [((f"--arch=resnet14", f"--torch={src}", f"--out={tmp_path / 'm'}"), "missing key"),
+                       ((f"--arch=resnet8", f"--torch={tmp_path / 'nope.pth'}", f"--out={tmp_path / 'm'}"),
+                        "no such file"),
+                       (("--arch=resnet9", f"--torch={src}", f"--out={tmp_path / 'm'}"), "unknown model"),
+                       (("--to-torch", f"--model={tmp_path}", f"--out={tmp_path / 'o.pth'}"), "no kdjax model")]:
+    r = run_cli(*args)
+    assert r.returncode == 2, (args, r.stderr)
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in r.stderr and needle in lines[0], r.stderr
+
+
+def test_import_without_torch():
+  """`import kdjax.convert` needs no torch; reading a .pth then says how to install it."""
+  code = ("import sys; sys.modules['torch'] = None\n"
+          "import kdjax, kdjax.convert\n"
+          "try:\n"
+          "  kdjax.convert.from_torch('x.pth', 'resnet8')\n"
+          "except ImportError as e:\n"
+          "  print(e)\n")
+  r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                     timeout=300, check=False)
+  assert r.returncode == 0, r.stderr
+  assert "pip install torch (CPU build is enough) to read .pth files" in r.stdout

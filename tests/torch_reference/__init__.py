@@ -1,0 +1,1 @@
+"""Test-only PyTorch reference implementations (the ground truth for numerical parity tests)."""
