@@ -207,7 +207,10 @@ def _load_teacher(config: ml_collections.ConfigDict, dataset: data_lib.Dataset, 
       train_and_evaluate(recipes.teacher_config(config), path)
   if path.endswith((".pth", ".pt", ".tar")):
     from kdjax import convert  # pylint: disable=import-outside-toplevel
-    variables = convert.from_torch(path, arch, num_classes=dataset.num_classes)
+    try:
+      variables = convert.from_torch(path, arch, num_classes=dataset.num_classes)
+    except (ValueError, ImportError) as e:
+      raise ckpt_lib.CheckpointError(f"cannot use {path} as the {arch} teacher: {e}") from None
     meta = {"arch": arch, "num_classes": dataset.num_classes, "source": path}
   else:
     variables, meta = ckpt_lib.load_model(path)

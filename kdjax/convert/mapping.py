@@ -216,7 +216,9 @@ def state_dict_to_variables(state_dict: Mapping[str, Any], arch: str, num_classe
     if array.shape != want:
       wrong.append(f"{key}: checkpoint {_fmt_shape(array.shape)} vs model {_fmt_shape(want)}")
       continue
-    flat[target] = to_flax_array(target, array).astype(dtype, copy=False)
+    # Always a copy: `tensor.numpy()` shares memory with the torch module, whose in-place
+    # updates (train-mode running stats) must not leak into the Flax variables.
+    flat[target] = np.array(to_flax_array(target, array), dtype=dtype, copy=True)
   missing = [torch_key(t) for t in expected if t not in flat and torch_key(t) not in sd]
   if unknown or missing or wrong:
     hint = ""
@@ -273,7 +275,7 @@ def variables_to_state_dict(variables: Mapping[str, Any], arch: str | None = Non
   sd: dict[str, np.ndarray] = {}
   for path, targets in modules.items():
     for target in sorted(targets, key=lambda t: (order.get(t[2], 9), t[2])):
-      sd[torch_key(target)] = to_torch_array(target, np.asarray(flat[target]))
+      sd[torch_key(target)] = np.array(to_torch_array(target, np.asarray(flat[target])), copy=True)
     if any(t[0] == "batch_stats" for t in targets):
       sd[".".join(path + ("num_batches_tracked",))] = np.array(0, dtype=np.int64)
   return sd

@@ -40,7 +40,8 @@ def random_crop_flip(key: jax.Array, images: jax.Array, padding: int = 4,
 
 
 def normalize(images: jax.Array, mean: Sequence[float], std: Sequence[float]) -> jax.Array:
-  """uint8 images -> float32 (x / 255 - mean) / std, per channel."""
-  mean = jnp.asarray(mean, jnp.float32)
-  std = jnp.asarray(std, jnp.float32)
-  return (images.astype(jnp.float32) / 255.0 - mean) / std
+  """uint8 images -> float32 (x / 255 - mean) / std, per channel (float64 under jax_enable_x64)."""
+  dtype = jnp.result_type(float)  # float32, unless x64 is on (float64 parity tests)
+  mean = jnp.asarray(mean, dtype)
+  std = jnp.asarray(std, dtype)
+  return (images.astype(dtype) / 255.0 - mean) / std

@@ -49,9 +49,14 @@ class Method:
   init: Callable[..., tuple[PyTree, PyTree]] = empty_init
 
 
+def at_least_f32(x: jax.Array) -> jax.Array:
+  """`x` in float32, or wider if it already is (losses never run in bf16/fp16)."""
+  return x.astype(jnp.promote_types(x.dtype, jnp.float32))
+
+
 def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
   """Mean softmax cross-entropy with integer labels, computed in float32."""
-  logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+  logp = jax.nn.log_softmax(at_least_f32(logits), axis=-1)
   return -jnp.mean(jnp.take_along_axis(logp, labels[:, None], axis=-1))
 
 

@@ -57,8 +57,8 @@ def dkd_loss(student_logits: jax.Array, teacher_logits: jax.Array, labels: jax.A
   if student_logits.shape[-1] < 3:
     raise UserError("DKD needs at least 3 classes: with 2 the non-target distribution has a "
                     "single class and NCKD is identically 0; use KD instead.")
-  s = student_logits.astype(jnp.float32) / temperature
-  u = jax.lax.stop_gradient(teacher_logits).astype(jnp.float32) / temperature
+  s = base.at_least_f32(student_logits) / temperature
+  u = base.at_least_f32(jax.lax.stop_gradient(teacher_logits)) / temperature
   tckd, nckd = _decoupled_kl(s, u, labels)
   t2 = temperature**2
   return t2 * jnp.mean(alpha * tckd + beta * nckd), t2 * jnp.mean(tckd), t2 * jnp.mean(nckd)

@@ -17,9 +17,9 @@ from kdjax.methods import base, registry
 
 def kd_loss(student_logits: jax.Array, teacher_logits: jax.Array, temperature: float) -> jax.Array:
   """T^2 * batch-mean KL(teacher || student) of temperature-softened logits."""
-  log_ps = jax.nn.log_softmax(student_logits.astype(jnp.float32) / temperature, axis=-1)
+  log_ps = jax.nn.log_softmax(base.at_least_f32(student_logits) / temperature, axis=-1)
   log_pt = jax.nn.log_softmax(
-      jax.lax.stop_gradient(teacher_logits).astype(jnp.float32) / temperature, axis=-1)
+      base.at_least_f32(jax.lax.stop_gradient(teacher_logits)) / temperature, axis=-1)
   kl = jnp.sum(jnp.exp(log_pt) * (log_pt - log_ps), axis=-1)
   return temperature**2 * jnp.mean(kl)
 

@@ -2,8 +2,9 @@
 
 Every convolution pads explicitly and symmetrically (PyTorch `padding=p`), never
 'SAME': on a stride-2 3x3 conv 'SAME' pads (0, 1) where PyTorch pads (1, 1), which
-shifts the windows by a pixel and breaks imported weights. BatchNorm uses
-PyTorch's momentum 0.1 (Flax momentum 0.9) and epsilon 1e-5.
+shifts the windows by a pixel and breaks imported weights. BatchNorm follows
+`torch.nn.BatchNorm2d` exactly (momentum 0.1, epsilon 1e-5, unbiased running
+variance), see `BatchNorm`.
 """
 from __future__ import annotations
 
@@ -46,11 +47,48 @@ def conv(features: int, kernel: int, *, stride: int = 1, padding: int | None = N
                  name=name, dtype=dtype)
 
 
+class BatchNorm(nn.Module):
+  """`torch.nn.BatchNorm2d` semantics over the last axis, with Flax's variable names.
+
+  Differs from `flax.linen.BatchNorm` in one place that matters for parity: the
+  running variance is updated with the unbiased batch variance (n / (n - 1)), as
+  PyTorch does, while normalisation uses the biased one. Statistics are computed
+  in float32 whatever the compute dtype.
+  """
+  use_running_average: bool
+  momentum: float = 0.1  # PyTorch's convention: new = (1 - m) * old + m * batch
+  epsilon: float = 1e-5
+  dtype: Any = None
+  scale_init: Any = nn.initializers.ones
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    c = x.shape[-1]
+    scale = self.param("scale", self.scale_init, (c,), jnp.float32)
+    bias = self.param("bias", nn.initializers.zeros, (c,), jnp.float32)
+    ra_mean = self.variable("batch_stats", "mean", lambda: jnp.zeros((c,), jnp.float32))
+    ra_var = self.variable("batch_stats", "var", lambda: jnp.ones((c,), jnp.float32))
+    # Statistics in float32 at least (float64 when the params are, as in parity tests).
+    xf = x.astype(jnp.promote_types(jnp.promote_types(x.dtype, scale.dtype), jnp.float32))
+    if self.use_running_average:
+      mean, var = ra_mean.value, ra_var.value
+    else:
+      axes = tuple(range(x.ndim - 1))
+      mean = jnp.mean(xf, axes)
+      var = jnp.mean(jnp.square(xf - mean), axes)
+      if not self.is_initializing():
+        n = x.size // c
+        m = self.momentum
+        ra_mean.value = (1.0 - m) * ra_mean.value + m * mean
+        ra_var.value = (1.0 - m) * ra_var.value + m * var * (n / max(n - 1, 1))
+    y = (xf - mean) * (scale * jax.lax.rsqrt(var + self.epsilon)) + bias
+    return y.astype(self.dtype or x.dtype)
+
+
 def batch_norm(train: bool, *, name: str | None = None, dtype: Any = None,
-               scale_init: Any = nn.initializers.ones) -> nn.BatchNorm:
-  """BatchNorm with PyTorch's running-average momentum (0.1) and epsilon (1e-5)."""
-  return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                      name=name, dtype=dtype, scale_init=scale_init)
+               scale_init: Any = nn.initializers.ones) -> BatchNorm:
+  """PyTorch BatchNorm2d (momentum 0.1, eps 1e-5, unbiased running variance)."""
+  return BatchNorm(use_running_average=not train, name=name, dtype=dtype, scale_init=scale_init)
 
 
 def dense(features: int, in_features: int, *, name: str | None = None, dtype: Any = None,

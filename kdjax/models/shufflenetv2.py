@@ -50,7 +50,7 @@ class DownBlock(nn.Module):
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     mid = self.out_channels // 2
 
-    def bn(name: str) -> nn.BatchNorm:
+    def bn(name: str) -> layers.BatchNorm:
       return layers.batch_norm(train, name=name, dtype=self.dtype)
 
     left = bn("bn1")(layers.conv(self.in_channels, 3, stride=2, groups=self.in_channels,
