@@ -18,12 +18,11 @@ SMALL_LR_STUDENTS = ("MobileNetV2", "ShuffleV1", "ShuffleV2")
 
 
 def method_defaults() -> ml_collections.ConfigDict:
-  """One node per method with its published defaults (mdistiller `engine/cfg.py`)."""
+  """One node per registered method with its published defaults (declared in the method's file)."""
+  from kdjax import methods  # pylint: disable=import-outside-toplevel
   c = ml_collections.ConfigDict()
-  c.kd = dict(temperature=4.0, ce_weight=0.1, kd_weight=0.9)
-  # warmup_epoch_base 1: mdistiller counts epochs from 1, so epoch 1 gets 1/20.
-  c.dkd = dict(alpha=1.0, beta=8.0, temperature=4.0, ce_weight=1.0, warmup_epochs=20.0,
-               warmup_epoch_base=1)
+  for name, values in methods.registry.defaults().items():
+    c[name] = values
   return c
 
 

@@ -69,14 +69,15 @@ def create_optimizer(config: ml_collections.ConfigDict, lr_fn: optax.Schedule) -
 
 
 def create_train_state(rng: jax.Array, model, method: methods_lib.Method, tx: optax.GradientTransformation,
-                       image_shape: tuple[int, ...], teacher_out_fn=None) -> TrainState:
+                       image_shape: tuple[int, ...], teacher_out_fn=None,
+                       data_info: Optional[dict[str, Any]] = None) -> TrainState:
   """Initialises the student, the method's own parameters/state and the optimizer."""
   model_key, method_key = jax.random.split(rng)
   x = jnp.zeros((2, *image_shape), jnp.float32)
   variables = model.init(model_key, x, train=False)
   student_out = model.apply(variables, x, train=False)
   teacher_out = teacher_out_fn(x) if teacher_out_fn is not None else None
-  method_params, method_state = method.init(method_key, student_out, teacher_out)
+  method_params, method_state = method.init(method_key, student_out, teacher_out, data_info or {})
   params = {"student": variables["params"], "method": method_params}
   return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                     batch_stats=variables.get("batch_stats", {}), method_state=method_state,
@@ -94,8 +95,8 @@ def make_train_step(model, method: methods_lib.Method, tx: optax.GradientTransfo
     idx = jax.lax.dynamic_slice_in_dim(perm, i * batch_size, batch_size)
     idx = jax.lax.with_sharding_constraint(idx, batch_sharding)
     y = labels[idx]
-    key = jax.random.fold_in(aug_key, state.step)
-    x = augment.normalize(augment.random_crop_flip(key, images[idx], crop_padding, flip), mean, std)
+    crop_key, method_key = jax.random.split(jax.random.fold_in(aug_key, state.step))
+    x = augment.normalize(augment.random_crop_flip(crop_key, images[idx], crop_padding, flip), mean, std)
     progress = methods_lib.Progress(step=state.step, epoch=state.step // steps_per_epoch)
 
     teacher_out = None
@@ -106,7 +107,8 @@ def make_train_step(model, method: methods_lib.Method, tx: optax.GradientTransfo
       out, mutated = model.apply({"params": params["student"], "batch_stats": state.batch_stats},
                                  x, train=True, mutable=["batch_stats"])
       loss, metrics, method_state = method.loss(params["method"], state.method_state, out,
-                                                teacher_out, y, progress)
+                                                teacher_out, {"label": y, "index": idx, "rng": method_key},
+                                                progress)
       return loss, (metrics, mutated["batch_stats"], method_state, out[0])
 
     (loss, (metrics, batch_stats, method_state, logits)), grads = jax.value_and_grad(
@@ -338,12 +340,14 @@ def build(config: ml_collections.ConfigDict, dataset: data_lib.Dataset, mesh: ja
   tx = create_optimizer(config, lr_fn)
 
   init_key, data_key, aug_key = jax.random.split(jax.random.key(config.seed), 3)
+  data_info = {"num_train": num_train, "num_classes": dataset.num_classes,
+               "train_labels": dataset.train_labels}
   teacher_out_fn = None
   if teacher_model is not None:
     teacher_out_fn = functools.partial(teacher_model.apply, teacher_vars, train=False)
   state = jax.jit(functools.partial(create_train_state, model=model, method=method, tx=tx,
                                     image_shape=dataset.train_images.shape[1:],
-                                    teacher_out_fn=teacher_out_fn),
+                                    teacher_out_fn=teacher_out_fn, data_info=data_info),
                   out_shardings=replicated)(init_key)
   train_step = jax.jit(
       make_train_step(model, method, tx, lr_fn, teacher_model, batch_size=config.batch_size,

@@ -57,7 +57,7 @@ def test_kd_method_total_matches_torch():
   s, t, y = _logits(2)
   cfg = recipes.base_config()
   method = methods.get("kd", cfg)
-  total = lambda a: method.loss({}, {}, (a, {}), (t, {}), y, _progress(0))[0]
+  total = lambda a: method.loss({}, {}, (a, {}), (t, {}), {"label": y}, _progress(0))[0]
   value, grad = jax.value_and_grad(total)(s)
   ref_value, ref_grad = _torch_value_and_grad(
       lambda a, b, c: 0.1 * ref.cross_entropy(a, c) + 0.9 * ref.kd(a, b, 4.0), s, t, y)
@@ -71,7 +71,7 @@ def test_dkd_method_total_and_warmup(epoch, factor):
   s, t, y = _logits(3)
   cfg = recipes.base_config()
   method = methods.get("dkd", cfg)
-  total = lambda a: method.loss({}, {}, (a, {}), (t, {}), y, _progress(epoch))[0]
+  total = lambda a: method.loss({}, {}, (a, {}), (t, {}), {"label": y}, _progress(epoch))[0]
   value, grad = jax.value_and_grad(total)(s)
   ref_value, ref_grad = _torch_value_and_grad(
       lambda a, b, c: ref.cross_entropy(a, c) + factor * ref.dkd(a, b, c, 1.0, 8.0, 4.0), s, t, y)
@@ -139,7 +139,7 @@ def test_kd_finite_and_teacher_gradient_zero():
 def test_vanilla_is_cross_entropy():
   s, t, y = _logits(10)
   method = methods.get("vanilla", recipes.base_config())
-  value = method.loss({}, {}, (s, {}), None, y, _progress(0))[0]
+  value = method.loss({}, {}, (s, {}), None, {"label": y}, _progress(0))[0]
   np.testing.assert_allclose(value, ref.cross_entropy(torch.tensor(s), torch.tensor(y, dtype=torch.long)).item(), rtol=1e-6)
   assert not method.needs_teacher
 

@@ -22,6 +22,7 @@ from kdjax.convert.mapping import normalize_keys
 from kdjax.convert.mapping import state_dict_to_variables
 from kdjax.convert.mapping import unwrap_checkpoint
 from kdjax.convert.mapping import variables_to_state_dict
+from kdjax.convert import torch_io  # imports torch only inside its functions
 from kdjax.convert.torch_io import sha256
 
 __all__ = ["check_variables", "from_torch", "normalize_keys", "sha256", "state_dict_to_variables",
@@ -31,7 +32,6 @@ __all__ = ["check_variables", "from_torch", "normalize_keys", "sha256", "state_d
 def from_torch(path: str, arch: str, num_classes: int = 100,
                submodule: str | None = None) -> dict[str, dict[str, Any]]:
   """Reads a PyTorch .pth of `arch` into Flax {'params', 'batch_stats'} (NumPy arrays)."""
-  from kdjax.convert import torch_io  # pylint: disable=import-outside-toplevel
   checkpoint = torch_io.load_pth(path)
   try:
     return state_dict_to_variables(checkpoint, arch, num_classes, submodule=submodule)
@@ -42,5 +42,4 @@ def from_torch(path: str, arch: str, num_classes: int = 100,
 def to_torch(variables: Mapping[str, Any], path: str, arch: str | None = None,
              num_classes: int | None = None) -> None:
   """Writes Flax variables as a PyTorch .pth holding `{"model": state_dict}`."""
-  from kdjax.convert import torch_io  # pylint: disable=import-outside-toplevel
   torch_io.save_pth(variables_to_state_dict(variables, arch, num_classes), path)

@@ -2,12 +2,16 @@
 
 A method is a frozen bundle of two pure functions, built from its config node:
 
-* `init(rng, student_out, teacher_out) -> (params, state)`: the method's own
+* `init(rng, student_out, teacher_out, data_info) -> (params, state)`: the method's own
   trainable parameters (connectors, fusion modules, embeddings: optimised with the
   student, excluded from the exported student) and its non-gradient state (memory
-  banks, counters), both pytrees, empty for logit methods;
-* `loss(params, state, student_out, teacher_out, labels, progress)
-  -> (loss, metrics, new_state)`.
+  banks, counters), both pytrees, empty for logit methods. `data_info` is
+  `{'num_train': int, 'num_classes': int, 'train_labels': np.ndarray}`;
+* `loss(params, state, student_out, teacher_out, batch, progress)
+  -> (loss, metrics, new_state)`, where `batch` is `{'label': int (B,),
+  'index': int (B,), 'rng': key}`: `index` holds the examples' positions in the
+  training set (for per-example state such as CRD's memory bank) and `rng` is a
+  fresh PRNG key for this step (e.g. for negative sampling).
 
 `student_out` / `teacher_out` are a model's `(logits, features)`; `teacher_out`
 is None for methods without a teacher and a list for ensembles. The train loop
@@ -33,10 +37,10 @@ class Progress:
   epoch: jax.Array
 
 
-def empty_init(rng: jax.Array, student_out: ModelOutput,
-               teacher_out: Optional[ModelOutput]) -> tuple[PyTree, PyTree]:
+def empty_init(rng: jax.Array, student_out: ModelOutput, teacher_out: Optional[ModelOutput],
+               data_info: dict[str, Any]) -> tuple[PyTree, PyTree]:
   """`init` of methods without parameters or state."""
-  del rng, student_out, teacher_out
+  del rng, student_out, teacher_out, data_info
   return {}, {}
 
 

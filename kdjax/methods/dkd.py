@@ -64,15 +64,18 @@ def dkd_loss(student_logits: jax.Array, teacher_logits: jax.Array, labels: jax.A
   return t2 * jnp.mean(alpha * tckd + beta * nckd), t2 * jnp.mean(tckd), t2 * jnp.mean(nckd)
 
 
-@registry.register("dkd")
+# mdistiller `engine/cfg.py`; warmup_epoch_base 1: epochs counted from 1, so epoch 1 gets 1/20.
+@registry.register("dkd", defaults=dict(alpha=1.0, beta=8.0, temperature=4.0, ce_weight=1.0,
+                                        warmup_epochs=20.0, warmup_epoch_base=1))
 def make(cfg: ml_collections.ConfigDict) -> base.Method:
   """DKD with `cfg.dkd.{alpha, beta, temperature, ce_weight, warmup_epochs, warmup_epoch_base}`."""
   c = cfg.dkd
   alpha, beta, t, w_ce = float(c.alpha), float(c.beta), float(c.temperature), float(c.ce_weight)
   warmup, epoch_base = float(c.warmup_epochs), int(c.warmup_epoch_base)
 
-  def loss(params, state, student_out, teacher_out, labels, progress):
+  def loss(params, state, student_out, teacher_out, batch, progress):
     del params
+    labels = batch["label"]
     ce = base.cross_entropy(student_out[0], labels)
     dkd, tckd, nckd = dkd_loss(student_out[0], teacher_out[0], labels, alpha, beta, t)
     ramp = base.warmup_factor(progress, warmup, epoch_base)

@@ -24,14 +24,14 @@ def kd_loss(student_logits: jax.Array, teacher_logits: jax.Array, temperature: f
   return temperature**2 * jnp.mean(kl)
 
 
-@registry.register("kd")
+@registry.register("kd", defaults=dict(temperature=4.0, ce_weight=0.1, kd_weight=0.9))
 def make(cfg: ml_collections.ConfigDict) -> base.Method:
   """KD with `cfg.kd.{temperature, ce_weight, kd_weight}` (CIFAR: 4, 0.1, 0.9)."""
   t, w_ce, w_kd = float(cfg.kd.temperature), float(cfg.kd.ce_weight), float(cfg.kd.kd_weight)
 
-  def loss(params, state, student_out, teacher_out, labels, progress):
+  def loss(params, state, student_out, teacher_out, batch, progress):
     del params, progress
-    ce = base.cross_entropy(student_out[0], labels)
+    ce = base.cross_entropy(student_out[0], batch["label"])
     kd = kd_loss(student_out[0], teacher_out[0], t)
     return w_ce * ce + w_kd * kd, {"loss_ce": ce, "loss_kd": kd}, state
 

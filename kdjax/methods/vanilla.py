@@ -11,9 +11,9 @@ def make(cfg: ml_collections.ConfigDict) -> base.Method:
   """Cross-entropy on the labels; no teacher."""
   del cfg
 
-  def loss(params, state, student_out, teacher_out, labels, progress):
+  def loss(params, state, student_out, teacher_out, batch, progress):
     del params, teacher_out, progress
-    ce = base.cross_entropy(student_out[0], labels)
+    ce = base.cross_entropy(student_out[0], batch["label"])
     return ce, {"loss_ce": ce}, state
 
   return base.Method(name="vanilla", needs_teacher=False, loss=loss)
