@@ -387,6 +387,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   teacher_meta: dict = {}
   if method.needs_teacher:
     teacher_model, teacher_vars, teacher_meta = _load_teacher(config, dataset, workdir)
+    t_start = time.time()  # a teacher trained on the way has its own results.json
 
   mesh = make_mesh(devices)
   replicated = NamedSharding(mesh, P())

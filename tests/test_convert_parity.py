@@ -204,10 +204,10 @@ def test_parity(arch: str, tmp_path):
     biased = replay(old[name][1], [c[1] for c in calls[name]])
     hint = (" (Flax folded in the biased batch variance)"
             if np.allclose(stats["var"], biased, rtol=1e-10, atol=1e-12) else "")
-    d_mean = max(d_mean, max_diff(stats["mean"], m.running_mean.numpy()))
-    d_var = max(d_var, max_diff(stats["var"], m.running_var.numpy()))
-    assert d_mean <= ATOL64, f"{arch}: running mean of {name} differs by {d_mean}"
-    assert d_var <= ATOL64, f"{arch}: running var of {name} differs by {d_var}{hint}"
+    dm, dv = max_diff(stats["mean"], m.running_mean.numpy()), max_diff(stats["var"], m.running_var.numpy())
+    assert dm <= ATOL64, f"{arch}: running mean of {name} differs by {dm}"
+    assert dv <= ATOL64, f"{arch}: running var of {name} differs by {dv}{hint}"
+    d_mean, d_var = max(d_mean, dm), max(d_var, dv)
   print(f"\n{arch}: eval float32 {max(d_eval.values()):.1e} (logits {d_eval['logits']:.1e}); "
         f"train float64 {max(d_train.values()):.1e}; running mean {d_mean:.1e}, running var {d_var:.1e}")
 
@@ -271,7 +271,7 @@ def assert_trees_equal(a: dict, b: dict) -> None:
 
 
 def test_round_trip_kdjax_torch_kdjax(tmp_path):
-  """Flax init -> .pth -> strict torch load (same logits) -> Flax: identical variables."""
+  """kdjax variables -> .pth -> strict torch load (same logits) -> kdjax: identical variables."""
   arch = "wrn_16_1"  # BN-first blocks, a 1x1 shortcut conv and a stem without BN
   model = models.get(arch, num_classes=10)
   x = images(1)
@@ -305,8 +305,8 @@ def test_variables_to_state_dict_checks_the_arch(resnet8_sd):
 # Command line and the torch-free import
 
 
-def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-  return subprocess.run([sys.executable, "-m", "kdjax.convert", *args], cwd=REPO, env=env,
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+  return subprocess.run([sys.executable, "-m", "kdjax.convert", *args], cwd=REPO,
                         capture_output=True, text=True, timeout=300, check=False)
 
 
