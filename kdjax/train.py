@@ -95,7 +95,7 @@ def make_train_step(model, method: methods_lib.Method, tx: optax.GradientTransfo
     idx = jax.lax.dynamic_slice_in_dim(perm, i * batch_size, batch_size)
     idx = jax.lax.with_sharding_constraint(idx, batch_sharding)
     y = labels[idx]
-    crop_key, method_key = jax.random.split(jax.random.fold_in(aug_key, state.step))
+    crop_key, method_key, dropout_key = jax.random.split(jax.random.fold_in(aug_key, state.step), 3)
     x = augment.normalize(augment.random_crop_flip(crop_key, images[idx], crop_padding, flip), mean, std)
     progress = methods_lib.Progress(step=state.step, epoch=state.step // steps_per_epoch)
 
@@ -105,7 +105,8 @@ def make_train_step(model, method: methods_lib.Method, tx: optax.GradientTransfo
 
     def loss_fn(params):
       out, mutated = model.apply({"params": params["student"], "batch_stats": state.batch_stats},
-                                 x, train=True, mutable=["batch_stats"])
+                                 x, train=True, mutable=["batch_stats"],
+                                 rngs={"dropout": dropout_key})
       loss, metrics, method_state = method.loss(params["method"], state.method_state, out,
                                                 teacher_out, {"label": y, "index": idx, "rng": method_key},
                                                 progress)
@@ -115,7 +116,9 @@ def make_train_step(model, method: methods_lib.Method, tx: optax.GradientTransfo
         loss_fn, has_aux=True)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    finite = jnp.isfinite(loss) & jnp.isfinite(optax.tree.norm(grads))
+    # An overflow can also appear only in the update (finite gradient, inf parameters).
+    finite = (jnp.isfinite(loss) & jnp.isfinite(optax.tree.norm(grads))
+              & jnp.isfinite(optax.tree.norm(params)))
     updated = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
                             method_state=method_state, opt_state=opt_state)
     # A non-finite step leaves the state untouched and records where it happened;

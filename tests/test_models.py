@@ -57,8 +57,25 @@ def abstract_init(name: str):
       jax.random.key(0), jnp.zeros(INPUT_SHAPE, jnp.float32), train=False))
 
 
+# Models outside the published CIFAR zoo (no published counts to pin).
+EXTRA_MODELS = ("simple_cnn_student", "simple_cnn_teacher")
+
+
 def test_registry_matches_table():
-  assert models.names() == sorted(PARAM_COUNTS)
+  assert models.names() == sorted([*PARAM_COUNTS, *EXTRA_MODELS])
+
+
+@pytest.mark.parametrize("name", EXTRA_MODELS)
+def test_simple_cnns(name):
+  """The tiny-CNN study's models: 10-way logits, two conv stages, dropout only in the teacher."""
+  model = models.get(name, num_classes=10)
+  x = jnp.ones((4, 32, 32, 3), jnp.float32)
+  variables = model.init(jax.random.key(0), x)
+  (logits, feats) = model.apply(variables, x, train=False)
+  assert logits.shape == (4, 10) and len(feats["feats"]) == 2
+  assert feats["feats"][1].shape == (4, 8, 8, 64 if name.endswith("teacher") else 32)
+  out, _ = model.apply(variables, x, train=True, mutable=["batch_stats"], rngs={"dropout": jax.random.key(1)})
+  assert np.all(np.isfinite(out[0]))
 
 
 @pytest.mark.parametrize("name", sorted(PARAM_COUNTS))

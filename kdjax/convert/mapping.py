@@ -191,8 +191,9 @@ def _mismatch_error(arch: str, num_classes: int, unknown: list[str], missing: li
     parts.append(f"{len(missing)} missing key(s): {', '.join(missing)}")
   if wrong:
     parts.append(f"{len(wrong)} shape mismatch(es): {', '.join(wrong)}")
-  return ValueError(f"the state_dict does not fit kdjax model {arch!r} (num_classes={num_classes}): "
-                    + "; ".join(parts) + hint)
+  # The hint goes first: the key lists can run to hundreds of names.
+  return ValueError(f"the state_dict does not fit kdjax model {arch!r} (num_classes={num_classes})"
+                    f"{hint}: " + "; ".join(parts))
 
 
 def state_dict_to_variables(state_dict: Mapping[str, Any], arch: str, num_classes: int = 100,
@@ -224,7 +225,7 @@ def state_dict_to_variables(state_dict: Mapping[str, Any], arch: str, num_classe
     hint = ""
     if any(k.startswith(("student.", "teacher.")) for k in unknown):
       hint = (" (this looks like an mdistiller distiller checkpoint: pick one network with "
-              "submodule='student' or 'teacher', CLI --submodule)")
+              "submodule='student' or 'teacher', CLI --submodule=student)")
     raise _mismatch_error(arch, num_classes, unknown, missing, wrong, hint)
   # In the model's own order (the order `init` creates the variables).
   return unflatten_variables({t: flat[t] for t in expected})

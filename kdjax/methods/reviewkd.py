@@ -110,7 +110,7 @@ def nearest_resize(x: jax.Array, size: Size) -> jax.Array:
 
 def _adaptive_pool_matrix(n_in: int, n_out: int) -> np.ndarray:
   """(n_out, n_in) averaging weights of `adaptive_avg_pool` bins [floor(i n/o), ceil((i+1) n/o))."""
-  m = np.zeros((n_out, n_in), np.float32)
+  m = np.zeros((n_out, n_in))
   for i in range(n_out):
     start, end = (i * n_in) // n_out, -((-(i + 1) * n_in) // n_out)
     m[i, start:end] = 1.0 / (end - start)
@@ -119,8 +119,8 @@ def _adaptive_pool_matrix(n_in: int, n_out: int) -> np.ndarray:
 
 def adaptive_avg_pool(x: jax.Array, size: int) -> jax.Array:
   """`F.adaptive_avg_pool2d(x, (size, size))` on an NHWC map."""
-  rows = _adaptive_pool_matrix(x.shape[1], size)
-  cols = _adaptive_pool_matrix(x.shape[2], size)
+  rows = jnp.asarray(_adaptive_pool_matrix(x.shape[1], size), x.dtype)
+  cols = jnp.asarray(_adaptive_pool_matrix(x.shape[2], size), x.dtype)
   # HIGHEST: no TF32/bf16 passes on accelerators, the pyramid terms are small differences.
   return jnp.einsum("ih,nhwc,jw->nijc", rows, x, cols, precision=jax.lax.Precision.HIGHEST)
 
@@ -148,7 +148,7 @@ def hcl_level(y: jax.Array, t: jax.Array) -> jax.Array:
   """Hierarchical context loss of one NHWC level: weighted pyramid of MSEs over the sum of weights."""
   if y.shape != t.shape:
     raise ValueError(f"HCL needs equal shapes, got {y.shape} and {t.shape}")
-  total, norm = jnp.float32(0.0), 0.0
+  total, norm = jnp.zeros((), y.dtype), 0.0
   for size, w in hcl_weights(y.shape[1]):
     if size is None:
       term = _mse(y, t)

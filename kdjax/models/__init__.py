@@ -54,3 +54,4 @@ from kdjax.models import mobilenetv2  # noqa: E402,F401  pylint: disable=wrong-i
 from kdjax.models import shufflenetv1  # noqa: E402,F401  pylint: disable=wrong-import-position
 from kdjax.models import shufflenetv2  # noqa: E402,F401  pylint: disable=wrong-import-position
 from kdjax.models import resnetv2  # noqa: E402,F401  pylint: disable=wrong-import-position
+from kdjax.models import simple_cnn  # noqa: E402,F401  pylint: disable=wrong-import-position

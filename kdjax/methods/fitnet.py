@@ -1,0 +1,97 @@
+"""FitNets: Hints for Thin Deep Nets (Romero et al., ICLR 2015, arXiv 1412.6550).
+
+A trainable regressor r maps the student's hint-layer map onto the teacher's:
+
+    L = w_ce * CE + w_hint * mean_{b,h,w,c} (r(f_k^S) - f_k^T)^2,   k = hint_layer = 2
+
+with f_k the post-ReLU output of stage k (`feats[2]`, RepDistiller's `feat[2]`: the
+same tensor in both references). r is mdistiller's / RepDistiller's `ConvReg`:
+a convolution picked by the two maps' heights (student twice the teacher's: 3x3
+stride 2, pad 1; half: 4x4 stride-2 transposed conv, pad 1; otherwise a 'valid'
+conv of kernel (1 + H_s - H_t, 1 + W_s - W_t)), then BatchNorm and ReLU. It is
+trained with the student in one stage (no separate hint pre-training), and its BN
+runs in train mode; its running statistics live in the method state.
+
+CIFAR-100 weights (mdistiller `cfg.FITNET`, RepDistiller `--distill hint -a 0 -b 100`):
+CE 1, hint 100. The two references agree; mdistiller's `FitNet.py` was followed.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from kdjax.errors import UserError
+from kdjax.methods import _common, base, registry
+from kdjax.models import layers
+
+
+class ConvReg(nn.Module):
+  """The hint regressor (NHWC): a conv picked by the two maps' (H, W, C) shapes, BN, ReLU."""
+  s_shape: tuple[int, int, int]
+  t_shape: tuple[int, int, int]
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = True) -> jax.Array:
+    (s_h, s_w, s_c), (t_h, t_w, t_c) = self.s_shape, self.t_shape
+    if s_h == 2 * t_h:
+      x = layers.conv(t_c, 3, stride=2, padding=1, use_bias=True, in_features=s_c, name="conv")(x)
+    elif 2 * s_h == t_h:
+      # ConvTranspose2d(k=4, s=2, p=1) = a conv over the 2x-dilated input padded by k-1-p = 2.
+      # Kernel (4, 4, t_c, s_c); PyTorch's fan-in for a transposed conv is t_c * 16.
+      x = nn.ConvTranspose(t_c, (4, 4), strides=(2, 2), padding=((2, 2), (2, 2)),
+                           transpose_kernel=True, kernel_init=layers.torch_default_kernel_init,
+                           bias_init=layers.torch_default_bias_init(t_c * 16), name="conv")(x)
+    elif s_h >= t_h:
+      kh, kw = 1 + s_h - t_h, 1 + s_w - t_w
+      x = nn.Conv(t_c, (kh, kw), padding="VALID", kernel_init=layers.torch_default_kernel_init,
+                  bias_init=layers.torch_default_bias_init(s_c * kh * kw), name="conv")(x)
+    else:
+      raise UserError(f"FitNet's regressor cannot map a {s_h}x{s_w} student map onto a {t_h}x{t_w} "
+                      "teacher map (the teacher must be at most twice as large); choose another "
+                      "--config.fitnet.hint_layer.")
+    return nn.relu(layers.batch_norm(train, name="bn")(x))
+
+
+def _hint_pair(student_feats: dict[str, Any], teacher_feats: dict[str, Any],
+               layer: int) -> tuple[jax.Array, jax.Array]:
+  """(student, teacher) hint-layer maps in float32."""
+  return tuple(_common.f32([student_feats["feats"][layer], teacher_feats["feats"][layer]]))
+
+
+def _regressor(f_s: jax.Array, f_t: jax.Array) -> ConvReg:
+  """The ConvReg for these two maps (its shape is static, so init and loss rebuild the same one)."""
+  return ConvReg(tuple(f_s.shape[1:]), tuple(f_t.shape[1:]))
+
+
+def hint_loss(params: Any, batch_stats: Any, f_s: jax.Array,
+              f_t: jax.Array) -> tuple[jax.Array, Any]:
+  """(mean squared error between r(f_s) and f_t, r's updated BN statistics); r in train mode."""
+  out, mutated = _regressor(f_s, f_t).apply({"params": params, "batch_stats": batch_stats}, f_s,
+                                            train=True, mutable=["batch_stats"])
+  return jnp.mean(jnp.square(out - f_t)), mutated["batch_stats"]
+
+
+@registry.register("fitnet", defaults=dict(ce_weight=1.0, feat_weight=100.0, hint_layer=2))
+def make(cfg: ml_collections.ConfigDict) -> base.Method:
+  """FitNets with `cfg.fitnet.{ce_weight, feat_weight, hint_layer}` (CIFAR: 1, 100, 2)."""
+  c = cfg.fitnet
+  layer = int(c.hint_layer)
+
+  def init(rng, student_out, teacher_out, data_info):
+    del data_info
+    t_out = _common.single_teacher(teacher_out, "fitnet")
+    f_s, f_t = _hint_pair(student_out[1], t_out[1], layer)
+    variables = _regressor(f_s, f_t).init(rng, jnp.zeros_like(f_s), train=False)
+    return variables["params"], {"batch_stats": variables["batch_stats"]}
+
+  def term(params, state, student_feats, teacher_feats):
+    f_s, f_t = _hint_pair(student_feats, teacher_feats, layer)
+    value, batch_stats = hint_loss(params, state["batch_stats"], f_s, f_t)
+    return value, {"batch_stats": batch_stats}
+
+  return _common.ce_plus_feature_method("fitnet", float(c.ce_weight), float(c.feat_weight), term,
+                                        init)

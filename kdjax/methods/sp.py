@@ -1,0 +1,49 @@
+"""SP: Similarity-Preserving Knowledge Distillation (Tung & Mori, ICCV 2019, arXiv 1907.09682).
+
+The last stage's map (before pooling) flattened per sample, F (B, H*W*C), gives a
+batch Gram matrix G = F F^T whose rows are L2-normalised; the student keeps the
+teacher's pairwise similarities:
+
+    L = w_ce * CE + w_sp * ||G_T - G_S||_F^2 / B^2
+
+The map is the post-ReLU last stage output (`feats[-1]`, RepDistiller `feat[-2]`).
+The Gram matrix does not depend on how a sample is flattened, so NHWC and NCHW
+give the same loss.
+
+CIFAR-100 weights (mdistiller `cfg.SP`, RepDistiller `--distill similarity -b 3000`):
+CE 1, SP 3000. The references agree (RepDistiller's is marked as checked by the SP
+author); mdistiller's `SP.py` was followed. A zero feature row gives a zero Gram row,
+normalised like `F.normalize` (finite value and gradient).
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from kdjax.methods import _common, base, registry
+
+
+def _normalized_gram(f: jax.Array) -> jax.Array:
+  """Row-L2-normalised Gram matrix (B, B) of the flattened samples of f."""
+  flat = f.reshape(f.shape[0], -1)
+  return _common.l2_normalize(flat @ flat.T, axis=1)
+
+
+def sp_loss(f_s: jax.Array, f_t: jax.Array) -> jax.Array:
+  """||G_T - G_S||_F^2 / B^2 with row-normalised batch Gram matrices."""
+  f_s, f_t = _common.f32([f_s, f_t])
+  b = f_s.shape[0]
+  return jnp.sum(jnp.square(_normalized_gram(f_t) - _normalized_gram(f_s))) / (b * b)
+
+
+@registry.register("sp", defaults=dict(ce_weight=1.0, feat_weight=3000.0))
+def make(cfg: ml_collections.ConfigDict) -> base.Method:
+  """SP with `cfg.sp.{ce_weight, feat_weight}` (CIFAR: 1, 3000)."""
+  c = cfg.sp
+
+  def term(params, state, student_feats, teacher_feats):
+    del params
+    return sp_loss(student_feats["feats"][-1], teacher_feats["feats"][-1]), state
+
+  return _common.ce_plus_feature_method("sp", float(c.ce_weight), float(c.feat_weight), term)
