@@ -186,3 +186,61 @@ def test_nonfinite_loss_skips_the_update_and_stops_the_run():
   jax.tree.map(np.testing.assert_array_equal, before, jax.tree.map(np.asarray, new_state.params))
   with pytest.raises(train.NonFiniteLossError, match="not finite at step 0"):
     train._raise_if_nonfinite(new_state, config)  # pylint: disable=protected-access
+
+
+def test_teacher_from_pth_and_wrong_teacher_refused(tmp_path):
+  """config.teacher.checkpoint accepts a PyTorch .pth; a checkpoint of another arch is refused."""
+  from kdjax import data
+  from kdjax.errors import UserError
+  from tests.torch_reference import models as torch_models
+  torch.manual_seed(0)
+  net = torch_models.MODELS["resnet8"](num_classes=10)
+  path = str(tmp_path / "teacher.pth")
+  torch.save({"model": net.state_dict()}, path)
+  dataset = data.load("digits")
+  config = recipes.base_config()
+  config.method, config.model, config.teacher.arch, config.teacher.checkpoint = "kd", "resnet8", "resnet8", path
+  module, variables, _ = train._load_teacher(config, dataset, str(tmp_path))  # pylint: disable=protected-access
+  x = np.random.default_rng(0).standard_normal((2, 32, 32, 3)).astype(np.float32)
+  with torch.no_grad():
+    expected = net.eval()(torch.tensor(x.transpose(0, 3, 1, 2)))[0].numpy()
+  np.testing.assert_allclose(module.apply(variables, x, train=False)[0], expected, atol=1e-4)
+  config.teacher.arch = "resnet14"
+  with pytest.raises(UserError, match="missing"):
+    train._load_teacher(config, dataset, str(tmp_path))  # pylint: disable=protected-access
+
+
+_TOPOLOGY_SCRIPT = r"""
+import sys, tempfile
+import jax, numpy as np
+from kdjax import data, recipes, train
+config = recipes.base_config()
+config.method, config.model, config.batch_size = "vanilla", "simple_cnn_student", 16
+dataset = data.load("digits")
+devices = jax.devices()
+def fresh(n, seed):
+  config.seed = seed
+  return train.build(config, dataset, train.make_mesh(devices[:n])).state
+for src, dst in ((4, 1), (1, 4)):
+  d = tempfile.mkdtemp()
+  saved = fresh(src, 0)
+  ck = train._Checkpoints(d)
+  ck.save(1, saved, {"epochs": [{"epoch": 1}]})
+  ck.close()
+  target = fresh(dst, 1)  # other values, the destination's shardings
+  restored, history = train._Checkpoints(d).restore(target)
+  assert history["epochs"] == [{"epoch": 1}]
+  for a, b in zip(jax.tree.leaves(saved), jax.tree.leaves(restored)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert len(b.sharding.device_set) == dst, (b.sharding, dst)
+print("ok")
+"""
+
+
+def test_checkpoint_restores_on_another_device_count():
+  """A state saved on 4 devices restores on 1, and one saved on 1 restores on 4."""
+  env = dict(ENV, XLA_FLAGS="--xla_force_host_platform_device_count=4")
+  result = subprocess.run([sys.executable, "-c", _TOPOLOGY_SCRIPT], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert result.stdout.strip().endswith("ok")

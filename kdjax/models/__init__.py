@@ -55,3 +55,5 @@ from kdjax.models import shufflenetv1  # noqa: E402,F401  pylint: disable=wrong-
 from kdjax.models import shufflenetv2  # noqa: E402,F401  pylint: disable=wrong-import-position
 from kdjax.models import resnetv2  # noqa: E402,F401  pylint: disable=wrong-import-position
 from kdjax.models import simple_cnn  # noqa: E402,F401  pylint: disable=wrong-import-position
+from kdjax.models import imagenet_resnet  # noqa: E402,F401  pylint: disable=wrong-import-position
+from kdjax.models import imagenet_mobilenetv1  # noqa: E402,F401  pylint: disable=wrong-import-position

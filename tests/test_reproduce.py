@@ -1,0 +1,290 @@
+"""experiments/reproduce.py and experiments/plot.py: plan, run, resume, table, plots.
+
+Most tests drive the runner with a stand-in trainer (`_FAKE_TRAINER`, written to
+tmp_path) that honours kdjax.main's command line and writes results.json and
+metrics.jsonl the way kdjax/train.py does, so a 2-method x 2-seed table runs in
+seconds. `test_real_trainer_on_mocked_cifar` runs one real job through
+tests/mocked_main.py to pin the contract between the runner and the trainer.
+"""
+import csv
+import json
+import os
+import statistics
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "experiments"))
+
+import plot  # noqa: E402
+import reproduce  # noqa: E402
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+# Mimics `python -m kdjax.main` (the fields the runner relies on) without training.
+_FAKE_TRAINER = r'''
+import hashlib, json, os, sys, time
+args = dict(a[2:].split("=", 1) for a in sys.argv[1:] if a.startswith("--"))
+config_path, _, arg = args["config"].partition(":")
+workdir, seed = args["workdir"], int(args["config.seed"])
+epochs = int(args.get("config.epochs", 240))
+method = "vanilla" if config_path.endswith("teacher_cifar.py") else os.path.basename(config_path)[:-len("_cifar.py")]
+calls = os.environ["FAKE_CALLS"]
+
+def note(event):
+  with open(calls, "a") as f:
+    f.write(json.dumps({"event": event, "workdir": workdir, "time": time.time()}) + "\n")
+
+note("start")
+teacher = args.get("config.teacher.checkpoint")
+if teacher and not os.path.exists(os.path.join(teacher, "results.json")):
+  print(f"kdjax: error: teacher checkpoint {teacher!r} does not exist", file=sys.stderr)
+  sys.exit(2)
+if os.environ.get("FAKE_FAIL") and os.environ["FAKE_FAIL"] in arg:
+  print("kdjax: error: simulated failure", file=sys.stderr)
+  sys.exit(1)
+if os.path.exists(os.path.join(workdir, "results.json")):
+  print("nothing to do")
+  sys.exit(0)
+time.sleep(0.2)
+os.makedirs(workdir, exist_ok=True)
+h = int(hashlib.sha256(f"{method}:{arg}:{seed}".encode()).hexdigest(), 16)
+top1 = [round(20 + 3 * e + ((h >> (7 * e)) % 1000) / 100, 2) for e in range(epochs)]
+with open(os.path.join(workdir, "metrics.jsonl"), "w") as f:
+  for e, t in enumerate(top1):
+    f.write(json.dumps({"epoch": e + 1, "test_top1": t, "train_loss": 4.6 / (e + 1)}) + "\n")
+best = max(top1)
+names = arg.split(",")
+results = {"method": method, "teacher": names[0] if len(names) == 2 else None, "student": names[-1],
+           "dataset": "cifar100", "epochs": epochs, "seed": seed, "best_top1": best,
+           "best_epoch": top1.index(best) + 1, "last_top1": top1[-1], "teacher_top1": None,
+           "wall_seconds": 0.2, "images_per_second": 1.0, "devices": "1 x fake"}
+json.dump(results, open(os.path.join(workdir, "results.json"), "w"))
+note("end")
+'''
+
+
+@pytest.fixture
+def fake(tmp_path, monkeypatch):
+  """(launcher, calls-log path) of the stand-in trainer."""
+  script = tmp_path / "fake_main.py"
+  script.write_text(_FAKE_TRAINER)
+  calls = tmp_path / "calls.jsonl"
+  monkeypatch.setenv("FAKE_CALLS", str(calls))
+  monkeypatch.delenv("FAKE_FAIL", raising=False)
+  return f"{sys.executable} {script}", calls
+
+
+def _calls(path):
+  return [json.loads(line) for line in open(path)] if os.path.exists(path) else []
+
+
+def _csv(root):
+  with open(os.path.join(root, "table.csv"), newline="") as f:
+    return list(csv.DictReader(f))
+
+
+def _results(root, method, cell, seeds):
+  return [json.load(open(os.path.join(root, "runs", method, cell, f"seed{s}", "results.json")))
+          for s in seeds]
+
+
+def test_methods_are_discovered_with_their_reported_metric():
+  found = reproduce.available_methods()
+  assert {"kd", "dkd"} <= set(found) and "teacher" not in found
+  kd = reproduce.method_spec("kd", reproduce.TABLES["cifar100_same_arch"])
+  dkd = reproduce.method_spec("dkd", reproduce.TABLES["cifar100_same_arch"])
+  assert (kd.metric, dkd.metric) == ("last", "best")
+  assert "resnet110,resnet20" in kd.pairs and "resnet110,resnet20" not in dkd.pairs
+  assert dkd.reported["resnet32x4,resnet8x4"] == 76.32  # from the config, the one place
+  vanilla = reproduce.method_spec("vanilla", reproduce.TABLES["cifar100_diff_arch"])
+  assert vanilla.reported["resnet32x4,ShuffleV2"] == 71.82
+
+
+def test_print_commands_and_dry_run(tmp_path, capsys):
+  root = str(tmp_path / "table")
+  base = ["--table=cifar100_same_arch", "--methods=kd,dkd,vanilla", "--seeds=3", f"--workdir={root}",
+          "--override=config.epochs=2"]
+  assert reproduce.main([*base, "--print-commands"]) == 0
+  lines = capsys.readouterr().out.strip().splitlines()
+  # 5 distinct teachers; kd 7 pairs, dkd 6 (no resnet110,resnet20), vanilla 6 distinct students; x3 seeds.
+  assert len(lines) == 5 + 3 * (7 + 6 + 6)
+  assert all(line.startswith("python -m kdjax.main --config=configs/") for line in lines)
+  assert all("--config.epochs=2" in line for line in lines)
+  teachers = [line for line in lines if "teacher_cifar.py" in line and "/teachers/" in line]
+  assert lines[:5] == teachers  # teachers first: the students read their checkpoints
+  assert f"--workdir={root}/teachers/cifar100_resnet56 " in teachers[0]
+  kd = [line for line in lines if "kd_cifar.py:resnet56,resnet20" in line and "dkd" not in line]
+  assert [f"--workdir={root}/runs/kd/resnet56_resnet20/seed{s}" in kd[s] for s in range(3)] == [True] * 3
+  assert all(f"--config.teacher.checkpoint={root}/teachers/cifar100_resnet56" in line for line in kd)
+  assert all(f"--config.seed={s}" in kd[s] for s in range(3))
+  assert not any("dkd_cifar.py:resnet110,resnet20" in line for line in lines)
+  assert sum("runs/vanilla/resnet20/" in line for line in lines) == 3  # one run per student, not per pair
+
+  assert reproduce.main([*base, "--print-commands", "--only=students",
+                         "--launcher=python tests/mocked_main.py"]) == 0
+  students = capsys.readouterr().out.strip().splitlines()
+  assert len(students) == 57 and all(s.startswith("python tests/mocked_main.py --config=") for s in students)
+
+  assert reproduce.main([*base, "--dry-run"]) == 0
+  out = capsys.readouterr().out
+  assert "# dkd: no config for resnet110,resnet20 (no cell)" in out
+  assert "[teacher] teachers/cifar100_vgg13 (pending)" in out
+  assert "[student] runs/dkd/vgg13_vgg8/seed2 (pending)" in out
+  assert "# 62 job(s); nothing run (--dry-run)" in out
+  assert not os.path.exists(root)  # nothing written
+
+
+@pytest.mark.parametrize("flag,message", [
+    ("--methods=kd,nosuch", "unknown method 'nosuch'"),
+    ("--override=config.seed=1", "config.seed is set by the runner"),
+    ("--override=epochs=1", "expected config.FIELD=VALUE"),
+    ("--pairs=resnet32x4,ShuffleV1", "not in cifar100_same_arch"),
+])
+def test_bad_input_is_refused(tmp_path, capsys, flag, message):
+  assert reproduce.main([f"--workdir={tmp_path}", "--print-commands", flag]) == 2
+  assert message in capsys.readouterr().err
+
+
+def test_two_methods_two_seeds_table_resume_and_plots(tmp_path, fake, capsys):
+  launcher, calls = fake
+  root = str(tmp_path / "table")
+  args = ["--table=cifar100_same_arch", "--methods=kd,dkd", "--seeds=2", f"--workdir={root}",
+          "--pairs=resnet56,resnet20;resnet110,resnet20", "--jobs=2", "--override=config.epochs=3",
+          f"--launcher={launcher}"]
+  assert reproduce.main(args) == 0
+  events = _calls(calls)
+  starts = [e for e in events if e["event"] == "start"]
+  assert len(starts) == 2 + 2 * 2 + 1 * 2  # 2 teachers, kd on 2 pairs, dkd on 1 pair; 2 seeds
+  teacher_ends = [e["time"] for e in events if e["event"] == "end" and "/teachers/" in e["workdir"]]
+  student_starts = [e["time"] for e in starts if "/runs/" in e["workdir"]]
+  assert len(teacher_ends) == 2 and max(teacher_ends) <= min(student_starts)
+  # Never more than --jobs trainers at once.
+  timeline = sorted((e["time"], 1 if e["event"] == "start" else -1) for e in events)
+  running = [sum(d for _, d in timeline[:i + 1]) for i in range(len(timeline))]
+  assert max(running) <= 2
+
+  rows = {(r["method"], r["teacher"], r["student"]): r for r in _csv(root)}
+  assert set(rows) == {("teacher", "resnet56", "resnet20"), ("teacher", "resnet110", "resnet20"),
+                       ("kd", "resnet56", "resnet20"), ("kd", "resnet110", "resnet20"),
+                       ("dkd", "resnet56", "resnet20")}  # no dkd cell: its config lacks the pair
+  for method, teacher, paper in [("kd", "resnet56", 70.66), ("kd", "resnet110", 70.67),
+                                 ("dkd", "resnet56", 71.97)]:
+    row, runs = rows[(method, teacher, "resnet20")], _results(root, method, f"{teacher}_resnet20", (0, 1))
+    best, last = [r["best_top1"] for r in runs], [r["last_top1"] for r in runs]
+    assert float(row["best_mean"]) == pytest.approx(statistics.mean(best), abs=1e-4)
+    assert float(row["best_std"]) == pytest.approx(statistics.stdev(best), abs=1e-4)
+    assert float(row["last_mean"]) == pytest.approx(statistics.mean(last), abs=1e-4)
+    assert float(row["last_std"]) == pytest.approx(statistics.stdev(last), abs=1e-4)
+    assert float(row["paper_top1"]) == paper and row["n"] == "2" and row["epochs"] == "3"
+    assert float(row["delta_best"]) == pytest.approx(statistics.mean(best) - paper, abs=1e-3)
+  assert rows[("kd", "resnet56", "resnet20")]["paper_metric"] == "last"
+  assert rows[("dkd", "resnet56", "resnet20")]["paper_metric"] == "best"
+  assert float(rows[("teacher", "resnet56", "resnet20")]["paper_top1"]) == 72.34
+  table_md = open(os.path.join(root, "table.md")).read()
+  assert "70.66 (last)" in table_md and "71.97 (best)" in table_md
+  assert "not comparable with the paper" in table_md  # 3 epochs, not 240
+
+  # Rerun: every job is skipped, nothing is launched, no result is rewritten.
+  results = sorted(os.path.join(d, "results.json") for d, _, files in os.walk(root) if "results.json" in files)
+  mtimes = [os.stat(p).st_mtime_ns for p in results]
+  log_before = open(os.path.join(root, "reproduce.log")).read()
+  assert reproduce.main(args) == 0
+  assert len(_calls(calls)) == len(events)
+  assert [os.stat(p).st_mtime_ns for p in results] == mtimes
+  new_log = open(os.path.join(root, "reproduce.log")).read()[len(log_before):]
+  assert new_log.count(" skip ") == 8 and " start " not in new_log
+
+  # Asking for a third seed and for vanilla without running: unfinished cells are marked, not filled.
+  assert reproduce.main([*args, "--report-only", "--seeds=3", "--methods=kd,dkd,vanilla"]) == 0
+  rows = {(r["method"], r["teacher"]): r for r in _csv(root)}
+  assert rows[("kd", "resnet56")]["n"] == "2" and rows[("kd", "resnet56")]["n_requested"] == "3"
+  assert rows[("vanilla", "resnet56")]["best_mean"] == "" and rows[("vanilla", "resnet56")]["n"] == "0"
+  table_md = open(os.path.join(root, "table.md")).read()
+  assert "*no finished run* (0 of 3)" in table_md and "(n=2 of 3)" in table_md
+  assert len(_calls(calls)) == len(events)
+
+  # Plots: one curve figure per method x pair and per teacher, and the table's bars.
+  capsys.readouterr()
+  assert plot.main([root]) == 0
+  written = capsys.readouterr().out.split()
+  names = sorted(os.path.basename(p) for p in written)
+  assert names == sorted(["curves_kd_resnet56_resnet20.png", "curves_kd_resnet110_resnet20.png",
+                          "curves_dkd_resnet56_resnet20.png", "curves_teacher_cifar100_resnet56.png",
+                          "curves_teacher_cifar100_resnet110.png", "table.png"])
+  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+  for path in written:
+    assert open(path, "rb").read(8) == PNG_SIGNATURE
+    image = plt.imread(path)
+    assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 100
+
+
+def test_failed_teacher_blocks_its_students_and_other_length_runs_are_refused(tmp_path, fake, monkeypatch):
+  launcher, calls = fake
+  root = str(tmp_path / "table")
+  args = ["--methods=kd", "--seeds=1", f"--workdir={root}", "--pairs=resnet56,resnet20;resnet110,resnet20",
+          "--override=config.epochs=2", f"--launcher={launcher}"]
+  monkeypatch.setenv("FAKE_FAIL", "resnet110")
+  assert reproduce.main(args) == 1
+  log = open(os.path.join(root, "reproduce.log")).read()
+  assert "FAILED teachers/cifar100_resnet110" in log and "blocked runs/kd/resnet110_resnet20/seed0" in log
+  assert os.path.exists(os.path.join(root, "runs/kd/resnet56_resnet20/seed0/results.json"))
+  rows = {(r["method"], r["teacher"]): r for r in _csv(root)}
+  assert rows[("kd", "resnet110")]["n"] == "0" and rows[("kd", "resnet56")]["n"] == "1"
+
+  # The finished 2-epoch runs are not silently reused (or counted) for a 4-epoch table.
+  monkeypatch.delenv("FAKE_FAIL")
+  n_calls = len(_calls(calls))
+  assert reproduce.main([*args[:-2], "--override=config.epochs=4", f"--launcher={launcher}"]) == 1
+  assert "REFUSED runs/kd/resnet56_resnet20/seed0" in open(os.path.join(root, "reproduce.log")).read()
+  rows = {(r["method"], r["teacher"]): r for r in _csv(root)}
+  assert rows[("kd", "resnet56")]["n"] == "0" and rows[("kd", "resnet56")]["ignored_runs"] == "1"
+  # Only the failed teacher (now fixed) and its student ran.
+  assert {e["workdir"][len(root) + 1:] for e in _calls(calls)[n_calls:]} == {
+      "teachers/cifar100_resnet110", "runs/kd/resnet110_resnet20/seed0"}
+
+
+def test_real_trainer_on_mocked_cifar(tmp_path, monkeypatch, capsys):
+  """One real KD job (vgg13 -> vgg8, the table's smallest pair) through tests/mocked_main.py.
+
+  The teacher directory is made here from an untrained vgg13 (its job is then skipped as
+  finished), which keeps the test to one trainer process on CPU.
+  """
+  import jax  # pylint: disable=import-outside-toplevel
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  from kdjax import checkpoint, models  # pylint: disable=import-outside-toplevel
+  from kdjax.data import cifar  # pylint: disable=import-outside-toplevel
+  root = str(tmp_path / "table")
+  teacher_dir = os.path.join(root, "teachers", "cifar100_vgg13")
+  variables = models.get("vgg13", num_classes=100).init(
+      jax.random.key(0), np.zeros((1, 32, 32, 3), np.float32), train=False)
+  mean, std = cifar.MEAN_STD["cifar100"]
+  checkpoint.save_model(os.path.join(teacher_dir, "model"), variables,
+                        {"arch": "vgg13", "num_classes": 100, "dataset": "cifar100", "mean": list(mean),
+                         "std": list(std), "epoch": 1, "test_top1": 1.0, "method": "vanilla"})
+  json.dump({"method": "vanilla", "student": "vgg13", "epochs": 1, "seed": 0, "best_top1": 1.0,
+             "best_epoch": 1, "last_top1": 1.0}, open(os.path.join(teacher_dir, "results.json"), "w"))
+
+  monkeypatch.setenv("KDJAX_MOCK_EXAMPLES", "64")
+  monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "3")
+  monkeypatch.setenv("JAX_PLATFORMS", "cpu")
+  args = ["--methods=kd", "--seeds=1", "--pairs=vgg13,vgg8", f"--workdir={root}",
+          "--launcher=python tests/mocked_main.py", "--override=config.epochs=1",
+          "--override=config.batch_size=32", "--override=config.eval_batch_size=64",
+          "--override=config.teacher.train_epochs=1"]
+  assert reproduce.main(args) == 0, open(os.path.join(root, "logs/runs/kd/vgg13_vgg8/seed0.log")).read()[-3000:]
+  run = os.path.join(root, "runs", "kd", "vgg13_vgg8", "seed0")
+  results = json.load(open(os.path.join(run, "results.json")))
+  assert (results["method"], results["teacher"], results["student"], results["epochs"], results["seed"]) == (
+      "kd", "vgg13", "vgg8", 1, 0)
+  assert "skip teachers/cifar100_vgg13" in open(os.path.join(root, "reproduce.log")).read()
+  row = next(r for r in _csv(root) if r["method"] == "kd")
+  assert float(row["best_mean"]) == pytest.approx(results["best_top1"], abs=1e-4)
+  assert float(row["last_mean"]) == pytest.approx(results["last_top1"], abs=1e-4)
+  assert row["best_std"] == "" and row["n"] == "1" and float(row["paper_top1"]) == 72.98
+  records = plot.read_metrics(os.path.join(run, "metrics.jsonl"))
+  assert [r["epoch"] for r in records] == [1] and "train_loss" in records[0]
+  capsys.readouterr()
+  assert plot.main([root]) == 0
+  assert all(open(p, "rb").read(8) == PNG_SIGNATURE for p in capsys.readouterr().out.split())
