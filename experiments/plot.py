@@ -21,6 +21,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only: no display on training machines
 import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 Curves = dict[str, list[dict]]  # seed label -> epoch records
 
@@ -34,10 +35,11 @@ def read_metrics(path: str) -> list[dict]:
   by_epoch: dict[int, dict] = {}
   with open(path) as f:
     for line in f:
-      line = line.strip()
-      if line:
+      try:
         record = json.loads(line)
-        by_epoch[int(record["epoch"])] = record
+      except ValueError:
+        continue  # blank, or the line a running job is writing
+      by_epoch[int(record["epoch"])] = record
   return [by_epoch[e] for e in sorted(by_epoch)]
 
 
@@ -54,6 +56,24 @@ def find_runs(root: str) -> dict[tuple[str, str], Curves]:
   return found
 
 
+def run_title(root: str, method: str, cell: str) -> str:
+  """'kd: resnet56 → resnet20' from a run's results.json (the folder name alone is ambiguous: wrn_40_2_wrn_16_2)."""
+  base = os.path.join(root, "teachers", cell) if method == "teacher" else os.path.join(root, "runs", method, cell)
+  paths = glob.glob(os.path.join(base, "results.json")) + glob.glob(os.path.join(base, "seed*", "results.json"))
+  for path in sorted(paths):
+    try:
+      with open(path) as f:
+        results = json.load(f)
+    except (OSError, ValueError):
+      continue
+    teacher, student = results.get("teacher"), results.get("student")
+    if method != "teacher" and teacher and student:
+      return f"{method}: {teacher} → {student}"
+    if student:
+      return f"{method}: {student} ({results.get('dataset', '')})".replace(" ()", "")
+  return f"{method}: {cell}"
+
+
 def plot_curves(title: str, curves: Curves, out: str) -> str:
   """One figure: train loss and test top-1 per epoch, one line per seed; returns the PNG path."""
   fig, (ax_loss, ax_top1) = plt.subplots(1, 2, figsize=(10, 3.8))
@@ -64,6 +84,7 @@ def plot_curves(title: str, curves: Curves, out: str) -> str:
   ax_loss.set(xlabel="epoch", ylabel="train loss", title="train loss")
   ax_top1.set(xlabel="epoch", ylabel="test top-1 (%)", title="test top-1")
   for ax in (ax_loss, ax_top1):
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
   fig.suptitle(title)
@@ -114,7 +135,7 @@ def plot_table(rows: Sequence[dict[str, str]], out: str) -> str:
   ax.set_ylabel("top-1 (%)")
   ax.set_title("kdjax best-epoch mean ± std over seeds (bars) vs published (black ticks)", fontsize=10)
   ax.grid(axis="y", alpha=0.3)
-  ax.legend(fontsize="small", ncol=2)
+  ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.0, 1.0))
   fig.tight_layout()
   fig.savefig(out, dpi=100)
   plt.close(fig)
@@ -132,7 +153,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   os.makedirs(out, exist_ok=True)
   written = []
   for (method, cell), curves in sorted(find_runs(root).items()):
-    written.append(plot_curves(f"{method}: {cell}", curves,
+    written.append(plot_curves(run_title(root, method, cell), curves,
                                os.path.join(out, f"curves_{method}_{cell}.png")))
   table = os.path.join(root, "table.csv")
   if os.path.exists(table):

@@ -260,8 +260,9 @@ def plan(specs: Sequence[MethodSpec], seeds: int, root: str, overrides: dict[str
           default_epochs = teacher_module.get_config(student).epochs
         else:
           config_arg, needs = f"{spec.config}:{pair}", teachers[teacher].workdir
-          # The checkpoint makes the job use the teacher job's run; auto_workdir names the
-          # same place, so a job launched by hand without the teacher still shares it.
+          # The checkpoint makes the job read the teacher job's finished run (a missing one is an
+          # error, not a second teacher trained concurrently); auto_workdir names the same place,
+          # so the command without the checkpoint flag trains and shares the teacher there.
           fields["config.teacher.checkpoint"] = needs
           fields["config.teacher.auto_workdir"] = os.path.join(root, "teachers", "{dataset}_{arch}")
           default_epochs = spec.module.get_config(pair).epochs
@@ -322,7 +323,21 @@ class RunLog:
         print(line, flush=True)
 
 
-def _run_one(job: Job, launcher: str, root: str, log: RunLog) -> str:
+def job_env(parallel: int, environ: dict[str, str]) -> dict[str, str]:
+  """The jobs' environment: with several jobs at once, each gets its share of an accelerator's memory.
+
+  JAX preallocates 75% of a GPU per process by default, so a second concurrent job on the
+  same GPU would run out of memory; a memory setting the user made is left alone.
+  """
+  env = dict(environ)
+  user_set = any(k in env for k in ("XLA_PYTHON_CLIENT_MEM_FRACTION", "XLA_PYTHON_CLIENT_PREALLOCATE",
+                                    "XLA_PYTHON_CLIENT_ALLOCATOR"))
+  if parallel > 1 and not user_set:
+    env["XLA_PYTHON_CLIENT_MEM_FRACTION"] = f"{math.floor(90 / parallel) / 100:.2f}"
+  return env
+
+
+def _run_one(job: Job, launcher: str, root: str, log: RunLog, env: dict[str, str]) -> str:
   """Runs one job to completion with its output in logs/<name>.log; returns 'ran' or 'failed'."""
   log_path = os.path.join(root, "logs", job.name + ".log")
   os.makedirs(os.path.dirname(log_path), exist_ok=True)
@@ -330,7 +345,7 @@ def _run_one(job: Job, launcher: str, root: str, log: RunLog) -> str:
   t0 = time.time()
   with open(log_path, "a") as out:
     rc = subprocess.run([*launcher_argv(launcher), *job.args], cwd=ROOT, stdout=out,
-                        stderr=subprocess.STDOUT, check=False).returncode
+                        stderr=subprocess.STDOUT, env=env, check=False).returncode
   dt = time.time() - t0
   if rc == 0 and job_state(job) == "finished":
     log(f"done {job.name} in {dt:.1f} s")
@@ -348,6 +363,7 @@ def job_state_of_workdir(workdir: str, jobs: Sequence[Job]) -> str:
 def run_jobs(jobs: Sequence[Job], launcher: str, parallel: int, root: str, log: RunLog) -> dict[str, str]:
   """Runs the teachers, then the students, `parallel` at a time; job name -> ran|skipped|failed|blocked|stale."""
   status: dict[str, str] = {}
+  env = job_env(parallel, dict(os.environ))
   for kind in ("teacher", "student"):
     todo = []
     for job in (j for j in jobs if j.kind == kind):
@@ -365,7 +381,7 @@ def run_jobs(jobs: Sequence[Job], launcher: str, parallel: int, root: str, log: 
       else:
         todo.append(job)
     with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
-      for job, result in zip(todo, pool.map(lambda j: _run_one(j, launcher, root, log), todo)):
+      for job, result in zip(todo, pool.map(lambda j: _run_one(j, launcher, root, log, env), todo)):
         status[job.name] = result
   return status
 
@@ -388,6 +404,7 @@ class Cell:
   epochs: list[int] = dataclasses.field(default_factory=list)
   devices: list[str] = dataclasses.field(default_factory=list)
   ignored: int = 0               # finished runs of another length than the plan's (not counted)
+  workdirs: list[str] = dataclasses.field(default_factory=list)
 
 
 def mean_std(values: Sequence[float]) -> tuple[Optional[float], Optional[float]]:
@@ -410,7 +427,7 @@ def collect(specs: Sequence[MethodSpec], table_pairs: Sequence[str], seeds: int,
     teacher, student = pair.split(",")
     cell = Cell("teacher", teacher, student, TEACHER_REPORTED.get(teacher), REPORTED_METRIC["teacher"], 1)
     workdir = teacher_workdir(root, dataset, teacher)
-    _add(cell, 0, read_results(workdir), expected.get(workdir))
+    _add(cell, 0, workdir, expected.get(workdir))
     cells.append(cell)
     for spec in specs:
       if pair not in spec.pairs:
@@ -418,19 +435,21 @@ def collect(specs: Sequence[MethodSpec], table_pairs: Sequence[str], seeds: int,
       cell = Cell(spec.name, teacher, student, spec.reported.get(pair), spec.metric, seeds)
       for seed in range(seeds):
         workdir = run_workdir(root, spec.name, pair, seed)
-        _add(cell, seed, read_results(workdir), expected.get(workdir))
+        _add(cell, seed, workdir, expected.get(workdir))
       cells.append(cell)
   return cells
 
 
-def _add(cell: Cell, seed: int, results: Optional[dict], expected_epochs: Optional[int]) -> None:
-  """Adds one finished run's numbers to `cell` (nothing for an unfinished or other-length one)."""
+def _add(cell: Cell, seed: int, workdir: str, expected_epochs: Optional[int]) -> None:
+  """Adds the numbers of the run in `workdir` to `cell` (nothing for an unfinished or other-length one)."""
+  results = read_results(workdir)
   if results is None:
     return
   if expected_epochs is not None and results.get("epochs") != expected_epochs:
     cell.ignored += 1
     return
   cell.seeds.append(seed)
+  cell.workdirs.append(workdir)
   cell.best.append(float(results["best_top1"]))
   cell.last.append(float(results["last_top1"]))
   cell.epochs.append(int(results["epochs"]))
@@ -482,7 +501,7 @@ def _signed(x: Optional[float]) -> str:
 def render_markdown(cells: Sequence[Cell], table: str, seeds: int, protocol_epochs: int,
                     command_line: str) -> str:
   """table.md: the measured cells beside the paper, with what each number is."""
-  finished = sum(len(c.seeds) for c in cells)
+  finished = len({w for c in cells for w in c.workdirs})  # teachers and vanilla runs serve several cells
   epochs = sorted({e for c in cells for e in c.epochs})
   devices = sorted({d for c in cells for d in c.devices})
   lines = [
@@ -493,7 +512,8 @@ def render_markdown(cells: Sequence[Cell], table: str, seeds: int, protocol_epoc
       + (f" on {', '.join(devices)}" if devices else "") + ".",
       "",
       f"* **kdjax best / last**: the best-epoch and the last-epoch top-1 of each run, mean ± sample "
-      f"std over the finished seeds (n of {seeds} requested; the teacher row is its one seed-0 run).",
+      f"std over the finished seeds (n of {seeds} requested). The teacher row is its one seed-0 run; "
+      "a vanilla student's runs are shared by the pairs with that student.",
       "* **paper**: the published number and which epoch it is. Teacher, student (vanilla) and the "
       "RepDistiller/CRD rows (KD, FitNet, ...) are **last-epoch** numbers from the CRD paper; DKD "
       "(mdistiller) and ReviewKD are **best-epoch** numbers (protocol.md §3, methods.md §0.5).",
@@ -554,7 +574,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                  help="restrict the table to these pairs, 'teacher,student' (repeatable, or ';'-separated)")
   p.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 per cell")
   p.add_argument("--workdir", required=True)
-  p.add_argument("--jobs", type=int, default=1, help="subprocesses at once")
+  p.add_argument("--jobs", type=int, default=1,
+                 help="subprocesses at once (each uses every visible device; with N > 1 each gets "
+                      "1/N of 90%% of a GPU's memory unless XLA_PYTHON_CLIENT_* is set)")
   p.add_argument("--override", action="append", default=[], metavar="config.FIELD=VALUE",
                  help="passed to every job as --config.FIELD=VALUE (repeatable)")
   p.add_argument("--launcher", default="python -m kdjax.main",
@@ -564,7 +586,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                  help="print one command per job (teachers first), run nothing")
   p.add_argument("--only", choices=("all", "teachers", "students"), default="all",
                  help="with --print-commands/--dry-run: only these jobs (e.g. two dependent queue arrays)")
-  p.add_argument("--report-only", action="store_true", help="rebuild table.md/table.csv, run nothing")
+  p.add_argument("--report-only", action="store_true",
+                 help="rebuild table.md/table.csv from the finished runs, run nothing (same flags as the run)")
   args = p.parse_args(argv)
   if args.seeds < 1:
     p.error("--seeds must be at least 1")

@@ -136,6 +136,14 @@ def test_print_commands_and_dry_run(tmp_path, capsys):
   assert not os.path.exists(root)  # nothing written
 
 
+def test_concurrent_jobs_share_the_accelerator_memory():
+  assert "XLA_PYTHON_CLIENT_MEM_FRACTION" not in reproduce.job_env(1, {})
+  assert reproduce.job_env(2, {})["XLA_PYTHON_CLIENT_MEM_FRACTION"] == "0.45"
+  assert reproduce.job_env(3, {})["XLA_PYTHON_CLIENT_MEM_FRACTION"] == "0.30"
+  # A memory setting of the user's wins.
+  assert "XLA_PYTHON_CLIENT_MEM_FRACTION" not in reproduce.job_env(4, {"XLA_PYTHON_CLIENT_PREALLOCATE": "false"})
+
+
 @pytest.mark.parametrize("flag,message", [
     ("--methods=kd,nosuch", "unknown method 'nosuch'"),
     ("--override=config.seed=1", "config.seed is set by the runner"),

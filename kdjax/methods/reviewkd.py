@@ -99,13 +99,24 @@ def _nearest_index(n_in: int, n_out: int) -> np.ndarray:
   return np.minimum(src, n_in - 1)
 
 
+def _resize_axis(x: jax.Array, axis: int, n_out: int) -> jax.Array:
+  """Nearest resize of one axis; integer ratios as repeat / strided slice, else a gather."""
+  n_in = x.shape[axis]
+  src = _nearest_index(n_in, n_out)
+  # Repeat and strided slice differentiate to a reduce and a pad, much cheaper to compile and
+  # run than a gather's scatter-add; used only where they pick exactly PyTorch's indices.
+  if n_out % n_in == 0 and np.array_equal(src, np.arange(n_out) // (n_out // n_in)):
+    return jnp.repeat(x, n_out // n_in, axis=axis)
+  if n_in % n_out == 0 and np.array_equal(src, np.arange(n_out) * (n_in // n_out)):
+    return jax.lax.slice_in_dim(x, 0, n_in, stride=n_in // n_out, axis=axis)
+  return jnp.take(x, src, axis=axis)
+
+
 def nearest_resize(x: jax.Array, size: Size) -> jax.Array:
-  """`F.interpolate(x, size, mode='nearest')` on an NHWC map (a gather; its gradient scatter-adds)."""
-  h, w = x.shape[1:3]
-  if (h, w) == tuple(size):
+  """`F.interpolate(x, size, mode='nearest')` (legacy nearest) on an NHWC map."""
+  if tuple(x.shape[1:3]) == tuple(size):
     return x
-  x = jnp.take(x, _nearest_index(h, size[0]), axis=1)
-  return jnp.take(x, _nearest_index(w, size[1]), axis=2)
+  return _resize_axis(_resize_axis(x, 1, size[0]), 2, size[1])
 
 
 def _adaptive_pool_matrix(n_in: int, n_out: int) -> np.ndarray:
@@ -119,6 +130,9 @@ def _adaptive_pool_matrix(n_in: int, n_out: int) -> np.ndarray:
 
 def adaptive_avg_pool(x: jax.Array, size: int) -> jax.Array:
   """`F.adaptive_avg_pool2d(x, (size, size))` on an NHWC map."""
+  n, h, w, c = x.shape
+  if h % size == 0 and w % size == 0:  # equal bins: a plain block mean
+    return jnp.mean(x.reshape(n, size, h // size, size, w // size, c), axis=(2, 4))
   rows = jnp.asarray(_adaptive_pool_matrix(x.shape[1], size), x.dtype)
   cols = jnp.asarray(_adaptive_pool_matrix(x.shape[2], size), x.dtype)
   # HIGHEST: no TF32/bf16 passes on accelerators, the pyramid terms are small differences.
