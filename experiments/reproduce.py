@@ -18,7 +18,10 @@ Layout of WORKDIR:
   table.md, table.csv                  the table
 
 A method is any `configs/<method>_cifar.py` with PAIRS and REPORTED; its cell
-exists only for the pairs its config has. `vanilla` is the student trained alone
+exists only for the pairs its config has. A *variant table* (VARIANT_TABLES, e.g.
+`tiny_cnn_dkd`) is one teacher,student pair and one config file whose argument names
+the row (`ROWS`, `REPORTED`); its `teacher` variant trains the teacher, and
+`--methods` picks rows (default: all of `ROWS`). `vanilla` is the student trained alone
 (`configs/teacher_cifar.py:STUDENT`). `--print-commands` prints the jobs for a
 cluster queue instead (teachers first: every student line needs its teacher's run
 to have finished); `--dry-run` shows the plan; `--report-only` rebuilds the table.
@@ -57,12 +60,30 @@ TABLES: dict[str, tuple[str, ...]] = {
     "cifar100_diff_arch": (
         "vgg13,MobileNetV2", "ResNet50,MobileNetV2", "ResNet50,vgg8", "resnet32x4,ShuffleV1",
         "resnet32x4,ShuffleV2", "wrn_40_2,ShuffleV1"),
+    # The config's TEACHER,STUDENT (tests check they agree).
+    "tiny_cnn_dkd": ("simple_cnn_teacher,simple_cnn_student",),
 }
+# Variant tables: one pair, one config whose argument names the row. The config has ROWS (the
+# variants, in order), REPORTED (variant -> published top-1), optionally REPORTED_METRIC,
+# REPORTED_NOTES (variant -> text), EPOCHS (the protocol's), and a `teacher` variant (the teacher job).
+VARIANT_TABLES = {"tiny_cnn_dkd": "configs/tiny_cnn_cifar10.py"}
+TEACHER_VARIANT = "teacher"
+# The dataset each table is defined on (config.data.name=... overrides it).
+TABLE_DATASETS = {"tiny_cnn_dkd": "cifar10"}
 TABLE_TITLES = {
     "cifar100_same_arch": "CIFAR-100, teacher and student of the same architecture family "
                           "(DKD paper; protocol.md §4.1)",
     "cifar100_diff_arch": "CIFAR-100, teacher and student of different architecture families "
                           "(DKD paper; protocol.md §4.2)",
+    "tiny_cnn_dkd": "CIFAR-10, a third-party DKD study on tiny CNNs: no-KD vs KD vs DKD "
+                    "(shared/seeds/004; configs/tiny_cnn_cifar10.py)",
+}
+# What the "paper" column is, per table (default: the DKD-paper tables' text).
+PAPER_NOTES = {
+    "tiny_cnn_dkd": "* **paper**: the study's number (its \"mean validation accuracy\"; which epoch is "
+                    "not stated, so Δ compares with kdjax's best epoch only). Each row is a variant of "
+                    "`configs/tiny_cnn_cifar10.py` (`nokd`: the student alone; `kd_tT`: KD at T, CE 0.5 / "
+                    "KD 0.5; `dkd_tT_aA_bB`: DKD at T, alpha A (TCKD), beta B (NCKD)).",
 }
 
 # Published teacher and vanilla-student top-1 (RepDistiller README = CRD paper, last epoch;
@@ -106,6 +127,10 @@ class MethodSpec:
   reported: dict[str, float]     # 'teacher,student' -> published top-1
   metric: str                    # 'best' | 'last' | 'unknown': what `reported` is
   module: Optional[ModuleType] = None
+  uses_teacher: bool = True      # False: the student trained alone (no teacher job needed)
+  config_arg: str = ""           # the config's argument for the student jobs ('' : the pair)
+  teacher_config: str = ""       # 'path:arg' of the teacher job ('' : configs/teacher_cifar.py:ARCH)
+  notes: dict[str, str] = dataclasses.field(default_factory=dict)  # pair -> note on the published number
 
 
 def available_methods(config_dir: str = CONFIG_DIR) -> dict[str, str]:
@@ -148,7 +173,7 @@ def method_spec(name: str, table_pairs: Sequence[str], config_dir: str = CONFIG_
   if name == "vanilla":
     reported = {p: STUDENT_REPORTED[p.split(",")[1]] for p in table_pairs
                 if p.split(",")[1] in STUDENT_REPORTED}
-    return MethodSpec("vanilla", TEACHER_CONFIG, tuple(table_pairs), reported, "last")
+    return MethodSpec("vanilla", TEACHER_CONFIG, tuple(table_pairs), reported, "last", uses_teacher=False)
   configs = available_methods(config_dir)
   if name not in configs:
     raise ValueError(f"unknown method {name!r}; methods with a configs/<method>_cifar.py: "
@@ -159,6 +184,31 @@ def method_spec(name: str, table_pairs: Sequence[str], config_dir: str = CONFIG_
   pairs = tuple(p for p in table_pairs if p in module.PAIRS)
   return MethodSpec(name, configs[name], pairs, dict(getattr(module, "REPORTED", {})),
                     metric_of(name, module), module)
+
+
+def variant_specs(table: str, names: Optional[Sequence[str]] = None) -> list[MethodSpec]:
+  """The rows of a variant table: `names` (default: the config's ROWS), each one spec."""
+  path = VARIANT_TABLES[table]
+  module = load_config_module(path)
+  (pair,) = TABLES[table]
+  names = list(names) if names else list(module.ROWS)
+  metric = getattr(module, "REPORTED_METRIC", "unknown")
+  notes = getattr(module, "REPORTED_NOTES", {})
+  specs = []
+  for name in names:
+    if name == TEACHER_VARIANT:
+      raise ValueError(f"{name!r} is the teacher job of every row, not a row of {table}")
+    try:
+      config = module.get_config(name)
+    except Exception as e:  # noqa: BLE001  (the config's UserError says what is valid)
+      raise ValueError(f"{table}: {e}") from e
+    specs.append(MethodSpec(
+        name, path, (pair,), {pair: module.REPORTED[name]} if name in module.REPORTED else {},
+        metric if metric in ("best", "last") else "unknown", module,
+        uses_teacher=config.method != "vanilla", config_arg=name,
+        teacher_config=f"{path}:{TEACHER_VARIANT}",
+        notes={pair: notes[name]} if name in notes else {}))
+  return specs
 
 
 # ----------------------------------------------------------------------------- jobs
@@ -215,9 +265,9 @@ def teacher_overrides(overrides: dict[str, str]) -> dict[str, str]:
   return out
 
 
-def dataset_of(overrides: dict[str, str]) -> str:
-  """The dataset the jobs train on (the tables are CIFAR-100 unless config.data.name says otherwise)."""
-  return overrides.get("config.data.name", DEFAULT_DATASET).strip("'\"")
+def dataset_of(overrides: dict[str, str], default: str = DEFAULT_DATASET) -> str:
+  """The dataset the jobs train on (the table's, CIFAR-100 by default, unless config.data.name says otherwise)."""
+  return overrides.get("config.data.name", default).strip("'\"")
 
 
 def _flags(fields: dict[str, str]) -> tuple[str, ...]:
@@ -228,15 +278,21 @@ def _epochs(default: int, fields: dict[str, str]) -> int:
   return int(fields["config.epochs"]) if "config.epochs" in fields else int(default)
 
 
-def plan(specs: Sequence[MethodSpec], seeds: int, root: str, overrides: dict[str, str]) -> list[Job]:
+def _config_epochs(config_arg: str) -> int:
+  """The epochs of `path:arg`'s config."""
+  path, _, arg = config_arg.partition(":")
+  return int(load_config_module(path).get_config(arg).epochs)
+
+
+def plan(specs: Sequence[MethodSpec], seeds: int, root: str, overrides: dict[str, str],
+         default_dataset: str = DEFAULT_DATASET) -> list[Job]:
   """Teacher jobs (distinct teachers, seed 0) first, then every method x pair x seed job."""
-  dataset = dataset_of(overrides)
+  dataset = dataset_of(overrides, default_dataset)
   # Per-job settings come first so that the user's overrides (e.g. progress_bar) win.
   common = {"config.progress_bar": "False"}
-  teacher_module = load_config_module(TEACHER_CONFIG)
   teachers: dict[str, Job] = {}
   for spec in specs:
-    if spec.name == "vanilla":
+    if not spec.uses_teacher:
       continue
     for pair in spec.pairs:
       arch = pair.split(",")[0]
@@ -244,10 +300,11 @@ def plan(specs: Sequence[MethodSpec], seeds: int, root: str, overrides: dict[str
         continue
       fields = {**common, "config.seed": "0", **teacher_overrides(overrides)}
       workdir = teacher_workdir(root, dataset, arch)
+      config_arg = spec.teacher_config or f"{TEACHER_CONFIG}:{arch}"
       teachers[arch] = Job(
           "teacher", "teacher", arch, arch, 0, workdir,
-          (f"--config={TEACHER_CONFIG}:{arch}", f"--workdir={workdir}", *_flags(fields)),
-          _epochs(teacher_module.get_config(arch).epochs, fields), name=os.path.relpath(workdir, root))
+          (f"--config={config_arg}", f"--workdir={workdir}", *_flags(fields)),
+          _epochs(_config_epochs(config_arg), fields), name=os.path.relpath(workdir, root))
   students: list[Job] = []
   for spec in specs:
     for pair in spec.pairs:
@@ -255,17 +312,16 @@ def plan(specs: Sequence[MethodSpec], seeds: int, root: str, overrides: dict[str
       for seed in range(seeds):
         workdir = run_workdir(root, spec.name, pair, seed)
         fields = {**common, "config.seed": str(seed)}
-        if spec.name == "vanilla":
-          config_arg, needs = f"{TEACHER_CONFIG}:{student}", None
-          default_epochs = teacher_module.get_config(student).epochs
+        if not spec.uses_teacher:
+          config_arg, needs = f"{spec.config}:{spec.config_arg or student}", None
         else:
-          config_arg, needs = f"{spec.config}:{pair}", teachers[teacher].workdir
+          config_arg, needs = f"{spec.config}:{spec.config_arg or pair}", teachers[teacher].workdir
           # The checkpoint makes the job read the teacher job's finished run (a missing one is an
           # error, not a second teacher trained concurrently); auto_workdir names the same place,
           # so the command without the checkpoint flag trains and shares the teacher there.
           fields["config.teacher.checkpoint"] = needs
           fields["config.teacher.auto_workdir"] = os.path.join(root, "teachers", "{dataset}_{arch}")
-          default_epochs = spec.module.get_config(pair).epochs
+        default_epochs = _config_epochs(config_arg)
         fields.update(overrides)
         if any(j.workdir == workdir for j in students):  # vanilla: one run per student
           continue
@@ -405,6 +461,7 @@ class Cell:
   devices: list[str] = dataclasses.field(default_factory=list)
   ignored: int = 0               # finished runs of another length than the plan's (not counted)
   workdirs: list[str] = dataclasses.field(default_factory=list)
+  note: str = ""                 # on the published number (e.g. the study's NaN runs)
 
 
 def mean_std(values: Sequence[float]) -> tuple[Optional[float], Optional[float]]:
@@ -432,7 +489,8 @@ def collect(specs: Sequence[MethodSpec], table_pairs: Sequence[str], seeds: int,
     for spec in specs:
       if pair not in spec.pairs:
         continue  # the method's config has no such pair: no cell
-      cell = Cell(spec.name, teacher, student, spec.reported.get(pair), spec.metric, seeds)
+      cell = Cell(spec.name, teacher, student, spec.reported.get(pair), spec.metric, seeds,
+                  note=spec.notes.get(pair, ""))
       for seed in range(seeds):
         workdir = run_workdir(root, spec.name, pair, seed)
         _add(cell, seed, workdir, expected.get(workdir))
@@ -481,6 +539,7 @@ def csv_rows(cells: Sequence[Cell], table: str) -> list[dict[str, str]]:
         "ignored_runs": str(c.ignored),
         "best_values": " ".join(f"{v:.2f}" for v in c.best),
         "last_values": " ".join(f"{v:.2f}" for v in c.last),
+        "paper_note": c.note,
     })
   return rows
 
@@ -499,7 +558,7 @@ def _signed(x: Optional[float]) -> str:
 
 
 def render_markdown(cells: Sequence[Cell], table: str, seeds: int, protocol_epochs: int,
-                    command_line: str) -> str:
+                    command_line: str, dataset: str = DEFAULT_DATASET) -> str:
   """table.md: the measured cells beside the paper, with what each number is."""
   finished = len({w for c in cells for w in c.workdirs})  # teachers and vanilla runs serve several cells
   epochs = sorted({e for c in cells for e in c.epochs})
@@ -507,19 +566,24 @@ def render_markdown(cells: Sequence[Cell], table: str, seeds: int, protocol_epoc
   lines = [
       f"# {TABLE_TITLES.get(table, table)}",
       "",
-      f"kdjax measurements (CIFAR test-set top-1, %) from `{command_line}`, "
+      f"kdjax measurements ({dataset} test-set top-1, %) from `{command_line}`, "
       f"written {datetime.date.today().isoformat()}; {finished} finished run(s)"
       + (f" on {', '.join(devices)}" if devices else "") + ".",
       "",
       f"* **kdjax best / last**: the best-epoch and the last-epoch top-1 of each run, mean ± sample "
       f"std over the finished seeds (n of {seeds} requested). The teacher row is its one seed-0 run; "
       "a vanilla student's runs are shared by the pairs with that student.",
+      PAPER_NOTES.get(table,
       "* **paper**: the published number and which epoch it is. Teacher, student (vanilla) and the "
       "RepDistiller/CRD rows (KD, FitNet, ...) are **last-epoch** numbers from the CRD paper; DKD "
-      "(mdistiller) and ReviewKD are **best-epoch** numbers (protocol.md §3, methods.md §0.5).",
+      "(mdistiller) and ReviewKD are **best-epoch** numbers (protocol.md §3, methods.md §0.5)."),
       "* **Δ best**: kdjax best-epoch mean − paper. **Δ same metric**: the kdjax mean of the metric "
       "the paper reported − paper (the like-for-like comparison).",
   ]
+  table_dataset = TABLE_DATASETS.get(table, DEFAULT_DATASET)
+  if dataset != table_dataset:
+    lines += ["", f"**These runs are on `{dataset}`, not the table's `{table_dataset}`: they are not "
+                  "comparable with the published numbers, only with each other.**"]
   if epochs and epochs != [protocol_epochs]:
     lines += ["", f"**These runs are {'/'.join(map(str, epochs))} epoch(s) long, not the protocol's "
                   f"{protocol_epochs}: they check the pipeline and are not comparable with the paper.**"]
@@ -539,13 +603,21 @@ def render_markdown(cells: Sequence[Cell], table: str, seeds: int, protocol_epoc
     lines.append(f"| {c.teacher} → {c.student} | {c.method} | {paper} | {_fmt(c.best, c.requested)} | "
                  f"{_fmt(c.last, c.requested)} | {_signed(delta_best)} | {_signed(delta_same)} | "
                  f"{epochs} |")
-  lines += ["", "A method has a row only for the pairs its config lists (`PAIRS` in "
-                "`configs/<method>_cifar.py`); the published numbers are that config's `REPORTED`."]
+  notes = [(c, c.note) for c in cells if c.note]
+  if notes:
+    lines += ["", "Notes on the published numbers:", ""]
+    lines += [f"* {c.method} ({c.teacher} → {c.student}): {note}" for c, note in notes]
+  if table in VARIANT_TABLES:
+    lines += ["", f"Rows are variants of `{VARIANT_TABLES[table]}` (its `ROWS`); the published "
+                  "numbers are its `REPORTED` (— where the study has none)."]
+  else:
+    lines += ["", "A method has a row only for the pairs its config lists (`PAIRS` in "
+                  "`configs/<method>_cifar.py`); the published numbers are that config's `REPORTED`."]
   return "\n".join(lines) + "\n"
 
 
 def write_table(cells: Sequence[Cell], root: str, table: str, seeds: int, protocol_epochs: int,
-                command_line: str) -> tuple[str, str]:
+                command_line: str, dataset: str = DEFAULT_DATASET) -> tuple[str, str]:
   """Writes WORKDIR/table.md and WORKDIR/table.csv; returns their paths."""
   os.makedirs(root, exist_ok=True)
   rows = csv_rows(cells, table)
@@ -555,7 +627,7 @@ def write_table(cells: Sequence[Cell], root: str, table: str, seeds: int, protoc
     writer.writeheader()
     writer.writerows(rows)
   with open(md_path, "w") as f:
-    f.write(render_markdown(cells, table, seeds, protocol_epochs, command_line))
+    f.write(render_markdown(cells, table, seeds, protocol_epochs, command_line, dataset))
   return md_path, csv_path
 
 
@@ -568,8 +640,10 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
       prog="experiments/reproduce.py", description=__doc__.split("\n\n")[0],
       formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--table", choices=sorted(TABLES), default="cifar100_same_arch")
-  p.add_argument("--methods", default="kd,dkd",
-                 help="comma-separated: 'vanilla' and/or methods with a configs/<method>_cifar.py")
+  p.add_argument("--methods", default=None,
+                 help="comma-separated: 'vanilla' and/or methods with a configs/<method>_cifar.py "
+                      "(default kd,dkd); for a variant table (tiny_cnn_dkd) its variants "
+                      "(default: all of its config's ROWS)")
   p.add_argument("--pairs", action="append", default=[],
                  help="restrict the table to these pairs, 'teacher,student' (repeatable, or ';'-separated)")
   p.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 per cell")
@@ -612,12 +686,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   try:
     pairs = table_pairs(args.table, args.pairs)
     overrides = parse_overrides(args.override)
-    names = list(dict.fromkeys(m.strip() for m in args.methods.split(",") if m.strip()))
-    specs = [method_spec(name, pairs) for name in names]
+    default_methods = "" if args.table in VARIANT_TABLES else "kd,dkd"
+    names = list(dict.fromkeys(m.strip() for m in (args.methods or default_methods).split(",")
+                               if m.strip()))
+    if args.table in VARIANT_TABLES:
+      specs = variant_specs(args.table, names)
+    else:
+      specs = [method_spec(name, pairs) for name in names]
   except ValueError as e:
     print(f"reproduce: error: {e}", file=sys.stderr)
     return 2
-  jobs = plan(specs, args.seeds, root, overrides)
+  dataset = dataset_of(overrides, TABLE_DATASETS.get(args.table, DEFAULT_DATASET))
+  jobs = plan(specs, args.seeds, root, overrides, TABLE_DATASETS.get(args.table, DEFAULT_DATASET))
   shown = [j for j in jobs if args.only == "all" or j.kind + "s" == args.only]
 
   if args.print_commands:
@@ -641,10 +721,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     status = run_jobs(jobs, args.launcher, args.jobs, root, log)
     counts = {s: sum(v == s for v in status.values()) for s in sorted(set(status.values()))}
     log("summary: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
-  protocol_epochs = int(load_config_module(TEACHER_CONFIG).get_config("resnet20").epochs)
-  cells = collect(specs, pairs, args.seeds, root, dataset_of(overrides), jobs)
+  if args.table in VARIANT_TABLES:
+    protocol_epochs = int(load_config_module(VARIANT_TABLES[args.table]).EPOCHS)
+  else:
+    protocol_epochs = int(load_config_module(TEACHER_CONFIG).get_config("resnet20").epochs)
+  cells = collect(specs, pairs, args.seeds, root, dataset, jobs)
   md, csv_path = write_table(cells, root, args.table, args.seeds, protocol_epochs,
-                             "experiments/reproduce.py " + " ".join(shlex.quote(a) for a in argv))
+                             "experiments/reproduce.py " + " ".join(shlex.quote(a) for a in argv),
+                             dataset)
   print(f"wrote {md} and {csv_path}")
   return 1 if any(s in ("failed", "blocked", "stale") for s in status.values()) else 0
 

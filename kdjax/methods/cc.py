@@ -16,6 +16,8 @@ CE 1, CC 0.02, embed_dim 128. mdistiller has no CC; RepDistiller was followed.
 """
 from __future__ import annotations
 
+from typing import Any
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -30,7 +32,8 @@ def _embedding(in_features: int, embed_dim: int) -> nn.Dense:
   return layers.dense(embed_dim, in_features)
 
 
-def _pooled(student_feats, teacher_feats) -> tuple[jax.Array, jax.Array]:
+def _pooled(student_feats: dict[str, Any],
+            teacher_feats: dict[str, Any]) -> tuple[jax.Array, jax.Array]:
   """Float32 pooled features (B, D_s), (B, D_t)."""
   f_s, f_t = student_feats["pooled"], teacher_feats["pooled"]
   return tuple(_common.f32([f_s.reshape(f_s.shape[0], -1), f_t.reshape(f_t.shape[0], -1)]))

@@ -63,6 +63,10 @@ Choices where the paper and the release differ or are silent:
   level counts must match, otherwise `init` raises a UserError naming both.
 * The release's optional logit KL (`--use-kl`) is off by default and not
   implemented here (combine with `kd` if needed).
+* Teacher BatchNorm. The release leaves the teacher in train mode (batch
+  statistics); kdjax's train loop runs every teacher in eval mode, so teacher
+  features here are the running-statistics ones (as in mdistiller's port). The
+  release's optimiser recipe is in configs/reviewkd_cifar.py.
 """
 from __future__ import annotations
 
