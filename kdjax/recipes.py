@@ -40,8 +40,15 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.name = "cifar100"
   c.data.data_dir = ""        # empty: TFDS's default (~/tensorflow_datasets or $TFDS_DATA_DIR)
   c.data.download = False     # True: let TFDS download and prepare the data first
+  c.data.manual_dir = ""      # TFDS manual_dir (imagenet2012's archives); empty: <data_dir>/downloads/manual
   c.data.crop_padding = 4
   c.data.flip = True
+  # Resize every image to this side at load time (0: native). STL-10 (96 px) at 32
+  # feeds a CIFAR student and teacher.
+  c.data.image_size = 0
+  # Independently augmented views per step: a cohort model (online methods) gets
+  # one view per member when this equals its size (KDCL); 1 otherwise.
+  c.data.views = 1
 
   c.batch_size = 64           # global batch, split over all devices
   c.eval_batch_size = 500
@@ -67,6 +74,19 @@ def base_config() -> ml_collections.ConfigDict:
   c.teacher.train_epochs = 240
   c.teacher.train_lr = 0.05
   c.teacher.train_lr_milestones = (150, 180, 210)
+  # Method of the auto-trained teacher run: 'vanilla', or e.g. 'sftn' (a
+  # student-friendly teacher trained with branches of `config.model`).
+  c.teacher.recipe = "vanilla"
+  # Dataset of the auto-trained teacher ('' = the student's): a CIFAR-100 teacher for a
+  # cross-dataset student (FKD).
+  c.teacher.dataset = ""
+  # 'eval': the teacher's BatchNorm uses running statistics (mdistiller, RepDistiller);
+  # 'batch_stats': batch statistics, as official ReviewKD CIFAR and mdistiller's OFD.
+  c.teacher.bn_mode = "eval"
+  # Several teachers (an ensemble): each 'ARCH' or 'ARCH=CHECKPOINT'. Empty: the one
+  # teacher of `config.teacher`. An ARCH without checkpoint is auto-trained with seed
+  # `seed + i` into `teacher.auto_workdir` + '_seed<i>' (i > 0).
+  c.teachers = ()
 
   c.log_every_steps = 100
   c.progress_bar = True
@@ -107,10 +127,15 @@ def distill_config(method: str, pair: str | None, default: str,
 def teacher_config(student_config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """The vanilla recipe that trains `student_config`'s teacher on the same data."""
   c = ml_collections.ConfigDict(student_config.to_dict())
-  c.method = "vanilla"
+  c.method = student_config.teacher.recipe
   c.model = student_config.teacher.arch
   c.teacher.arch = ""
   c.teacher.checkpoint = ""
+  c.teachers = ()
+  if student_config.teacher.dataset:
+    c.data.name = student_config.teacher.dataset
+    c.data.image_size = 0
+  c.data.views = 1
   c.epochs = student_config.teacher.train_epochs
   c.optim.lr = student_config.teacher.train_lr
   c.optim.lr_milestones = tuple(student_config.teacher.train_lr_milestones)

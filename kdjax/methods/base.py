@@ -6,12 +6,15 @@ A method is a frozen bundle of two pure functions, built from its config node:
   trainable parameters (connectors, fusion modules, embeddings: optimised with the
   student, excluded from the exported student) and its non-gradient state (memory
   banks, counters), both pytrees, empty for logit methods. `data_info` is
-  `{'num_train': int, 'num_classes': int, 'train_labels': np.ndarray}`;
+  `{'num_train': int, 'num_classes': int, 'train_labels': np.ndarray,
+  'teacher_variables': the (first) teacher's {'params', 'batch_stats'} or None}`
+  (OFD reads its margins from the teacher's BatchNorm parameters);
 * `loss(params, state, student_out, teacher_out, batch, progress)
   -> (loss, metrics, new_state)`, where `batch` is `{'label': int (B,),
   'index': int (B,), 'rng': key}`: `index` holds the examples' positions in the
   training set (for per-example state such as CRD's memory bank) and `rng` is a
-  fresh PRNG key for this step (e.g. for negative sampling).
+  fresh PRNG key for this step (e.g. for negative sampling). A label of -1 marks
+  an unlabelled example (STL-10's unlabelled split); `cross_entropy` skips it.
 
 `student_out` / `teacher_out` are a model's `(logits, features)`; `teacher_out`
 is None for methods without a teacher and a list for ensembles. The train loop
@@ -44,13 +47,73 @@ def empty_init(rng: jax.Array, student_out: ModelOutput, teacher_out: Optional[M
   return {}, {}
 
 
+LossFn = Callable[..., tuple[jax.Array, dict[str, jax.Array], PyTree]]
+ParamPath = tuple[str, ...]
+
+
+def trains_all(path: ParamPath) -> bool:
+  """Mask of a pass that moves every trainable parameter."""
+  del path
+  return True
+
+
+def trains_method(path: ParamPath) -> bool:
+  """Mask of a pass that moves only the method's own parameters (e.g. FT's paraphraser)."""
+  return path[0] == "method"
+
+
+@dataclasses.dataclass(frozen=True)
+class Update:
+  """One optimisation pass of a step: a loss, the parameters it moves, and its optimizer.
+
+  `trains(path)` gets a parameter's path in the trainable tree, e.g.
+  `('method', 'disc0', 'conv1', 'kernel')` or `('student', 'layer1', ...)`;
+  parameters it rejects get no update (no weight decay, no momentum) from this
+  pass. `optimizer(steps_per_epoch)` returns the pass's optax transformation;
+  None means the run's optimizer (`config.optim`, PyTorch SGD).
+  """
+  loss: LossFn
+  trains: Callable[[ParamPath], bool] = trains_all
+  optimizer: Optional[Callable[[int], Any]] = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Prestage:
+  """Epochs run before the main training with their own loss (AB/FT/FSP initialisation).
+
+  The trainer runs `update` for `epochs` epochs from the fresh initial state, in
+  the same compiled step, checkpointed under `<workdir>/prestage`, then starts the
+  main training from the resulting parameters, batch statistics and method state
+  (with fresh optimizer state).
+  """
+  epochs: int
+  update: Update
+
+
 @dataclasses.dataclass(frozen=True)
 class Method:
-  """A distillation method: its name, whether it needs a teacher, `init` and `loss`."""
+  """A distillation method: its name, whether it needs a teacher, `init` and `loss`.
+
+  Optional parts (all generic to the trainer):
+  * `trains`: mask of the parameters the main `loss` moves (default: all);
+  * `extra_updates`: further passes in the same step, each a fresh forward pass
+    after the previous pass's update (AFD's adversarial feature-map pass);
+  * `prestage`: epochs of another loss before the main training (AB, FT);
+  * `multi_teacher`: `loss` accepts `teacher_out` as a list, one output per
+    teacher, when `config.teachers` names several;
+  * `shared_labels`: the loss compares teacher and student over one label space
+    (True for KD-style methods); False lets a teacher trained on another dataset
+    distill (FKD's cross-dataset setting).
+  """
   name: str
   needs_teacher: bool
-  loss: Callable[..., tuple[jax.Array, dict[str, jax.Array], PyTree]]
+  loss: LossFn
   init: Callable[..., tuple[PyTree, PyTree]] = empty_init
+  trains: Callable[[ParamPath], bool] = trains_all
+  extra_updates: tuple[Update, ...] = ()
+  prestage: Optional[Prestage] = None
+  multi_teacher: bool = False
+  shared_labels: bool = True
 
 
 def at_least_f32(x: jax.Array) -> jax.Array:
@@ -59,9 +122,22 @@ def at_least_f32(x: jax.Array) -> jax.Array:
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
-  """Mean softmax cross-entropy with integer labels, computed in float32."""
+  """Mean softmax cross-entropy over the labelled examples (label >= 0), in float32."""
   logp = jax.nn.log_softmax(at_least_f32(logits), axis=-1)
-  return -jnp.mean(jnp.take_along_axis(logp, labels[:, None], axis=-1))
+  labelled = labels >= 0
+  nll = -jnp.take_along_axis(logp, jnp.maximum(labels, 0)[:, None], axis=-1)[:, 0]
+  return jnp.sum(jnp.where(labelled, nll, 0.0)) / jnp.maximum(jnp.sum(labelled), 1)
+
+
+def teacher_list(teacher_out: Any) -> list[ModelOutput]:
+  """`teacher_out` as a list of (logits, features), whether one teacher or an ensemble."""
+  return list(teacher_out) if isinstance(teacher_out, list) else [teacher_out]
+
+
+def ensemble_logits(teacher_out: Any) -> jax.Array:
+  """The teachers' mean logits (one teacher: its logits), the soft target of KD-style ensembles."""
+  outs = teacher_list(teacher_out)
+  return sum(at_least_f32(o[0]) for o in outs) / len(outs)
 
 
 def warmup_factor(progress: Progress, warmup_epochs: float, epoch_base: int) -> jax.Array:
