@@ -16,6 +16,7 @@ from typing import Any, Callable, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from kdjax.errors import UserError
 from kdjax.methods import base
@@ -88,3 +89,60 @@ def ce_plus_feature_method(name: str, ce_weight: float, feat_weight: float, term
     return ce_weight * ce + feat_weight * value, metrics, new_state
 
   return base.Method(name=name, needs_teacher=True, loss=loss, init=init)
+
+
+# ---------------------------------------------------------------- pre-stage helpers (AB, FT, FSP)
+
+# Top-level student parameter groups outside RepDistiller's `get_feat_modules()`: the layers its
+# AB/FSP initialisation leaves alone (not in the init optimizer: no update, no weight decay).
+# WRN's final `bn1` is among them although it makes the pre-ReLU f3 (RepDistiller lists only
+# conv1 and block1-3); MobileNetV2's and ShuffleV2's last 1x1 conv + BN come after the last tap.
+_STUDENT_HEADS = {"MobileNetV2": ("conv2", "classifier"), "ShuffleV2": ("conv2", "bn2", "linear")}
+_WRN_HEAD = ("bn1", "fc")
+# CIFAR ResNet `fc`, ResNet50 / ShuffleV1 `linear`, VGG `classifier`.
+_DEFAULT_HEAD = ("fc", "linear", "classifier")
+
+
+def student_head(arch: str) -> tuple[str, ...]:
+  """Top-level parameter groups of `arch` that are not its feature layers (RepDistiller's view)."""
+  if arch.startswith("wrn_"):
+    return _WRN_HEAD
+  return _STUDENT_HEADS.get(arch, _DEFAULT_HEAD)
+
+
+def trains_student(path: base.ParamPath) -> bool:
+  """Mask of a pass that moves the student only (the method's own modules stay as they are)."""
+  return path[0] == "student"
+
+
+def trains_student_features(arch: str) -> Callable[[base.ParamPath], bool]:
+  """Mask moving the method's params and the student's feature layers, not its classifier head."""
+  head = student_head(arch)
+
+  def trains(path: base.ParamPath) -> bool:
+    return path[0] == "method" or (path[0] == "student" and path[1] not in head)
+
+  return trains
+
+
+def constant_lr_sgd(lr: float, momentum: float, weight_decay: float,
+                    nesterov: bool = False) -> Callable[[int], optax.GradientTransformation]:
+  """`Update.optimizer` of a pre-stage: PyTorch SGD (coupled L2, momentum) at a constant LR."""
+
+  def make(steps_per_epoch: int) -> optax.GradientTransformation:
+    del steps_per_epoch  # RepDistiller's `init()` never changes the LR
+    return optax.chain(optax.add_decayed_weights(weight_decay),
+                       optax.sgd(lr, momentum=momentum or None, nesterov=nesterov))
+
+  return make
+
+
+def ce_only_loss(ce_weight: float) -> base.LossFn:
+  """Main-stage loss of the initialisation-only methods (AB, FSP): `ce_weight * CE`, state as is."""
+
+  def loss(params, state, student_out, teacher_out, batch, progress):
+    del params, teacher_out, progress
+    ce = base.cross_entropy(student_out[0], batch["label"])
+    return ce_weight * ce, {"loss_ce": ce}, state
+
+  return loss
