@@ -11,7 +11,7 @@ Feature taps: f0 = stem output, f1..f4 = outputs of stages 1, 2, 4 and 6. Those 
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 import flax.linen as nn
 import jax
@@ -106,10 +106,15 @@ class MobileBlocks(nn.Module):
   dtype: Any = None
 
   @nn.compact
-  def __call__(self, x: jax.Array, train: bool = False) -> tuple[jax.Array, list[jax.Array]]:
+  def __call__(self, x: jax.Array, train: bool = False,
+               start_stage: int = 0) -> tuple[jax.Array, list[jax.Array]]:
+    # start_stage k > 0: `x` is the tap f_k and only the stages after it run.
+    first = _TAPPED_STAGES[start_stage - 1] + 1 if start_stage else 0
     taps = []
-    in_planes = self.in_planes
+    in_planes = int(_SETTINGS[first - 1][1] * self.width_mult) if first else self.in_planes
     for s, (t, c, n, stride) in enumerate(_SETTINGS):
+      if s < first:
+        continue
       out_planes = int(c * self.width_mult)
       x = MobileStage(in_planes, out_planes, n, stride, t or self.expansion, name=str(s),
                       dtype=self.dtype)(x, train)
@@ -138,12 +143,21 @@ class MobileNetV2(nn.Module):
   width_mult: float = 0.5
   dtype: Any = None
 
+  num_stages = len(_TAPPED_STAGES)  # class constant (not a field): the f1..f4 taps
+
   @nn.compact
-  def __call__(self, x: jax.Array, train: bool = False) -> tuple[jax.Array, dict[str, Any]]:
+  def __call__(self, x: jax.Array, train: bool = False,
+               start_stage: Optional[int] = None) -> tuple[jax.Array, dict[str, Any]]:
+    # start_stage s: `x` is feats[s] (the tap f_s, 0 = stem) and only the later stages run.
+    start = 0 if start_stage is None else start_stage
+    if not 0 <= start <= self.num_stages:
+      raise ValueError(f"start_stage must be in [0, {self.num_stages}], got {start_stage}")
     stem = int(32 * self.width_mult)
-    f0 = ConvBNReLU(stem, 3, stride=2, name="conv1", dtype=self.dtype)(x, train)
+    f0 = x
+    if start_stage is None:
+      f0 = ConvBNReLU(stem, 3, stride=2, name="conv1", dtype=self.dtype)(x, train)
     x, taps = MobileBlocks(stem, self.expansion, self.width_mult, name="blocks",
-                           dtype=self.dtype)(f0, train)
+                           dtype=self.dtype)(f0, train, start)
     # The reference widens the last conv only for multipliers above 1.
     last = int(1280 * self.width_mult) if self.width_mult > 1.0 else 1280
     x = ConvBNReLU(last, 1, name="conv2", dtype=self.dtype)(x, train)
@@ -151,6 +165,10 @@ class MobileNetV2(nn.Module):
     logits = Classifier(self.num_classes, last, name="classifier", dtype=self.dtype)(pooled)
     feats = (f0, *taps)
     return logits, {"feats": feats, "preact_feats": feats, "pooled": pooled}
+
+  def from_stage(self, h: jax.Array, stage: int, train: bool = False) -> tuple[jax.Array, dict[str, Any]]:
+    """Stages after tap `stage` and the head on `h` = `feats[stage]` (0: the stem output)."""
+    return self(h, train, start_stage=stage)
 
 
 @register("MobileNetV2")

@@ -6,7 +6,7 @@ pooling (AvgPool2d(8) on the 8x8 map) and a linear `fc`.
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import flax.linen as nn
 import jax
@@ -68,16 +68,26 @@ class ResNet(nn.Module):
   num_classes: int = 100
   dtype: Any = None
 
+  num_stages = 3  # class constant (not a field): layer1..layer3
+
   @nn.compact
-  def __call__(self, x: jax.Array, train: bool = False) -> tuple[jax.Array, dict[str, Any]]:
+  def __call__(self, x: jax.Array, train: bool = False,
+               start_stage: Optional[int] = None) -> tuple[jax.Array, dict[str, Any]]:
     if (self.depth - 2) % 6:
       raise ValueError(f"BasicBlock ResNet depth must be 6n + 2, got {self.depth}")
     n = (self.depth - 2) // 6
-    x = layers.conv(self.num_filters[0], 3, kernel_init=_CONV_INIT, name="conv1", dtype=self.dtype)(x)
-    x = nn.relu(layers.batch_norm(train, name="bn1", dtype=self.dtype)(x))
+    # start_stage s: `x` is feats[s] (the output of stage s, 0 = stem) and only later stages run.
+    start = 0 if start_stage is None else start_stage
+    if not 0 <= start <= self.num_stages:
+      raise ValueError(f"start_stage must be in [0, {self.num_stages}], got {start_stage}")
+    if start_stage is None:
+      x = layers.conv(self.num_filters[0], 3, kernel_init=_CONV_INIT, name="conv1", dtype=self.dtype)(x)
+      x = nn.relu(layers.batch_norm(train, name="bn1", dtype=self.dtype)(x))
     feats, preacts = [x], [x]  # mdistiller: preact_feats[0] is the post-ReLU stem, like feats[0].
-    in_planes = self.num_filters[0]
+    in_planes = self.num_filters[start]
     for k, (planes, stride) in enumerate(zip(self.num_filters[1:], (1, 2, 2)), start=1):
+      if k <= start:
+        continue
       x, pre = ResStage(planes, n, stride, in_planes, name=f"layer{k}", dtype=self.dtype)(x, train)
       feats.append(x)
       preacts.append(pre)
@@ -85,6 +95,10 @@ class ResNet(nn.Module):
     pooled = layers.global_avg_pool(x)  # AvgPool2d(8) on the final 8x8 map.
     logits = layers.dense(self.num_classes, in_planes, name="fc", dtype=self.dtype)(pooled)
     return logits, {"feats": tuple(feats), "preact_feats": tuple(preacts), "pooled": pooled}
+
+  def from_stage(self, h: jax.Array, stage: int, train: bool = False) -> tuple[jax.Array, dict[str, Any]]:
+    """Stages `stage + 1 ..` and the head on `h` = `feats[stage]` (0: the stem output)."""
+    return self(h, train, start_stage=stage)
 
 
 _SMALL = (16, 16, 32, 64)

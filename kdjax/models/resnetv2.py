@@ -7,7 +7,7 @@ average pool and `linear`.
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import flax.linen as nn
 import jax
@@ -71,14 +71,24 @@ class ResNetV2(nn.Module):
   num_classes: int = 100
   dtype: Any = None
 
+  num_stages = 4  # class constant (not a field): layer1..layer4
+
   @nn.compact
-  def __call__(self, x: jax.Array, train: bool = False) -> tuple[jax.Array, dict[str, Any]]:
-    x = layers.conv(64, 3, kernel_init=_CONV_INIT, name="conv1", dtype=self.dtype)(x)
-    x = nn.relu(layers.batch_norm(train, name="bn1", dtype=self.dtype)(x))
+  def __call__(self, x: jax.Array, train: bool = False,
+               start_stage: Optional[int] = None) -> tuple[jax.Array, dict[str, Any]]:
+    # start_stage s: `x` is feats[s] (the output of stage s, 0 = stem) and only later stages run.
+    start = 0 if start_stage is None else start_stage
+    if not 0 <= start <= self.num_stages:
+      raise ValueError(f"start_stage must be in [0, {self.num_stages}], got {start_stage}")
+    if start_stage is None:
+      x = layers.conv(64, 3, kernel_init=_CONV_INIT, name="conv1", dtype=self.dtype)(x)
+      x = nn.relu(layers.batch_norm(train, name="bn1", dtype=self.dtype)(x))
     feats, preacts = [x], [x]
-    in_planes = 64
+    in_planes = 64 if start == 0 else (64, 128, 256, 512)[start - 1] * _EXPANSION
     for k, (planes, n, stride) in enumerate(zip((64, 128, 256, 512), self.num_blocks, (1, 2, 2, 2)),
                                             start=1):
+      if k <= start:
+        continue
       x, pre = BottleneckStage(in_planes, planes, n, stride, name=f"layer{k}", dtype=self.dtype)(x, train)
       feats.append(x)
       preacts.append(pre)
@@ -86,6 +96,10 @@ class ResNetV2(nn.Module):
     pooled = layers.global_avg_pool(x)  # AdaptiveAvgPool2d(1)
     logits = layers.dense(self.num_classes, in_planes, name="linear", dtype=self.dtype)(pooled)
     return logits, {"feats": tuple(feats), "preact_feats": tuple(preacts), "pooled": pooled}
+
+  def from_stage(self, h: jax.Array, stage: int, train: bool = False) -> tuple[jax.Array, dict[str, Any]]:
+    """Stages `stage + 1 ..` and the head on `h` = `feats[stage]` (0: the stem output)."""
+    return self(h, train, start_stage=stage)
 
 
 @register("ResNet50")

@@ -7,7 +7,7 @@ pool and a 512 -> classes `classifier`.
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import flax.linen as nn
 import jax
@@ -51,11 +51,24 @@ class VGG(nn.Module):
   num_classes: int = 100
   dtype: Any = None
 
+  @property
+  def num_stages(self) -> int:
+    """block1..block4 (block0 is the stem: feats[0] is its output)."""
+    return len(self.cfg) - 1
+
   @nn.compact
-  def __call__(self, x: jax.Array, train: bool = False) -> tuple[jax.Array, dict[str, Any]]:
-    input_size = x.shape[1]
-    feats, preacts = [], []
-    for k, widths in enumerate(self.cfg):
+  def __call__(self, x: jax.Array, train: bool = False,
+               start_stage: Optional[int] = None) -> tuple[jax.Array, dict[str, Any]]:
+    # start_stage s: `x` is feats[s] (the output of block s, 0 = stem) and only later blocks run.
+    start = 0 if start_stage is None else start_stage
+    if not 0 <= start <= self.num_stages:
+      raise ValueError(f"start_stage must be in [0, {self.num_stages}], got {start_stage}")
+    # Block s (s <= 3) runs after s 2x2 pools, which gives back the input size.
+    input_size = x.shape[1] * 2**min(start, 3)
+    feats, preacts = ([], []) if start_stage is None else ([x], [x])
+    first = 0 if start_stage is None else start + 1
+    for k in range(first, len(self.cfg)):
+      widths = self.cfg[k]
       if k and (k != 4 or input_size == 64):
         # pool0..pool2 always; pool3 only for 64-pixel inputs, so on CIFAR block4 runs at 4x4.
         x = layers.max_pool_2x2(x)
@@ -68,6 +81,10 @@ class VGG(nn.Module):
     logits = layers.dense(self.num_classes, self.cfg[-1][-1], kernel_init=_LINEAR_INIT,
                           bias_init=nn.initializers.zeros, name="classifier", dtype=self.dtype)(pooled)
     return logits, {"feats": tuple(feats), "preact_feats": tuple(preacts), "pooled": pooled}
+
+  def from_stage(self, h: jax.Array, stage: int, train: bool = False) -> tuple[jax.Array, dict[str, Any]]:
+    """Blocks `stage + 1 ..` and the head on `h` = `feats[stage]` (0: block0's output)."""
+    return self(h, train, start_stage=stage)
 
 
 def _factory(cfg_name: str):

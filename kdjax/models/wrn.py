@@ -11,7 +11,7 @@ Feature taps follow the reference: f0 is the raw stem conv and f1..f3 the raw st
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 import flax.linen as nn
 import jax
@@ -95,27 +95,42 @@ class WideResNet(nn.Module):
   num_classes: int = 100
   dtype: Any = None
 
+  num_stages = 3  # class constant (not a field): block1..block3
+
   @nn.compact
-  def __call__(self, x: jax.Array, train: bool = False) -> tuple[jax.Array, dict[str, Any]]:
+  def __call__(self, x: jax.Array, train: bool = False,
+               start_stage: Optional[int] = None) -> tuple[jax.Array, dict[str, Any]]:
     if (self.depth - 4) % 6:
       raise ValueError(f"WRN depth must be 6n + 4, got {self.depth}")
     n = (self.depth - 4) // 6
     k = self.widen_factor
     channels = (16, 16 * k, 32 * k, 64 * k)
-    f0 = layers.conv(channels[0], 3, kernel_init=_CONV_INIT, name="conv1", dtype=self.dtype)(x)
+    # start_stage s: `x` is feats[s] (the output of stage s, 0 = stem) and only later stages run.
+    start = 0 if start_stage is None else start_stage
+    if not 0 <= start <= self.num_stages:
+      raise ValueError(f"start_stage must be in [0, {self.num_stages}], got {start_stage}")
+    f = x
+    if start_stage is None:
+      f = layers.conv(channels[0], 3, kernel_init=_CONV_INIT, name="conv1", dtype=self.dtype)(x)
+    feats, preacts = [f], [f]
     # Block k's first bn1 is the "preact" of stage k - 1, so blocks 2 and 3 tap their input BN.
-    f1, _ = NetworkBlock(channels[0], channels[1], n, 1, name="block1", dtype=self.dtype)(f0, train)
-    f2, f1_pre = NetworkBlock(channels[1], channels[2], n, 2, tap_input_preact=True, name="block2",
-                              dtype=self.dtype)(f1, train)
-    f3, f2_pre = NetworkBlock(channels[2], channels[3], n, 2, tap_input_preact=True, name="block3",
-                              dtype=self.dtype)(f2, train)
+    for s in range(start + 1, self.num_stages + 1):
+      f, input_pre = NetworkBlock(channels[s - 1], channels[s], n, 1 if s == 1 else 2,
+                                  tap_input_preact=s > 1, name=f"block{s}", dtype=self.dtype)(f, train)
+      if s > 1:
+        preacts[-1] = input_pre
+      feats.append(f)
+      preacts.append(f)
     bn1 = layers.batch_norm(train, name="bn1", dtype=self.dtype)
-    pooled = layers.global_avg_pool(nn.relu(bn1(f3)))  # AvgPool2d(8) on the final 8x8 map.
-    f3_pre = bn1(f3)  # second call, as in the reference (see WideBasicBlock.repeat_bn1)
+    pooled = layers.global_avg_pool(nn.relu(bn1(f)))  # AvgPool2d(8) on the final 8x8 map.
+    preacts[-1] = bn1(f)  # second call, as in the reference (see WideBasicBlock.repeat_bn1)
     logits = layers.dense(self.num_classes, channels[3], bias_init=nn.initializers.zeros,
                           name="fc", dtype=self.dtype)(pooled)
-    return logits, {"feats": (f0, f1, f2, f3), "preact_feats": (f0, f1_pre, f2_pre, f3_pre),
-                    "pooled": pooled}
+    return logits, {"feats": tuple(feats), "preact_feats": tuple(preacts), "pooled": pooled}
+
+  def from_stage(self, h: jax.Array, stage: int, train: bool = False) -> tuple[jax.Array, dict[str, Any]]:
+    """Stages `stage + 1 ..` and the head on `h` = `feats[stage]` (0: the stem output)."""
+    return self(h, train, start_stage=stage)
 
 
 def _factory(depth: int, widen_factor: int):
