@@ -10,6 +10,9 @@ returns `(logits, features)`, where `features` is a dict:
 Module and parameter names mirror the published PyTorch `state_dict` keys
 (`layer1.0.conv1.weight` lives at `params['layer1']['0']['conv1']['kernel']`), so
 checkpoints convert by a generic rule (see `kdjax.convert`).
+
+A name 'A+B[+...]' of registered models is a cohort (`kdjax.models.cohort`): the
+members trained together by the online methods; `names()` lists registered models only.
 """
 from __future__ import annotations
 
@@ -39,8 +42,25 @@ def names() -> list[str]:
   return sorted(_FACTORIES)
 
 
+def exists(name: str) -> bool:
+  """Whether `get(name)` builds a model: a registered name, or a cohort 'A+B[+...]' of them."""
+  from kdjax.models import cohort  # pylint: disable=import-outside-toplevel
+  parts = cohort.split_name(name)
+  return name in _FACTORIES or (len(parts) > 1 and all(p in _FACTORIES for p in parts))
+
+
 def get(name: str, num_classes: int = 100, **kwargs) -> nn.Module:
-  """Returns the Flax module registered as `name`."""
+  """Returns the Flax module registered as `name`; 'A+B[+...]' is a cohort of those models."""
+  from kdjax.models import cohort  # pylint: disable=import-outside-toplevel
+  if cohort.SEPARATOR in name:
+    parts = cohort.split_name(name)
+    unknown = [p for p in parts if p not in _FACTORIES]
+    if unknown or len(parts) < 2:
+      raise UserError(f"unknown cohort member(s) {unknown or [name]!r} in {name!r}; a cohort is "
+                      f"'A+B[+...]' of valid models: {', '.join(names())}")
+    own = {k: kwargs.pop(k) for k in ("dtype", "ensemble") if k in kwargs}
+    return cohort.Cohort(members=tuple(parts), num_classes=num_classes,
+                         member_kwargs=tuple(sorted(kwargs.items())), **own)
   if name not in _FACTORIES:
     raise UserError(f"unknown model {name!r}; valid models: {', '.join(names())}")
   return _FACTORIES[name](num_classes=num_classes, **kwargs)
