@@ -37,11 +37,15 @@ def save_model(path: str, variables: dict[str, Any], meta: dict[str, Any]) -> No
   items = os.path.join(path, MODEL_ITEMS)
   with ocp.StandardCheckpointer() as ckptr:
     ckptr.save(items, variables, force=True)
-  # meta.json is written last: its presence marks a complete model directory.
-  tmp = os.path.join(path, MODEL_META + ".tmp")
-  with open(tmp, "w") as f:
-    json.dump(meta, f, indent=2, sort_keys=True)
-  os.replace(tmp, os.path.join(path, MODEL_META))
+  # meta.json is written last, by one process: its presence marks a complete model directory.
+  if jax.process_index() == 0:
+    tmp = os.path.join(path, MODEL_META + ".tmp")
+    with open(tmp, "w") as f:
+      json.dump(meta, f, indent=2, sort_keys=True)
+    os.replace(tmp, os.path.join(path, MODEL_META))
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+    multihost_utils.sync_global_devices(f"kdjax save_model {path}")
 
 
 def is_model_dir(path: str) -> bool:

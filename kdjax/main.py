@@ -2,11 +2,16 @@
 
 A thin absl wrapper around `kdjax.train.train_and_evaluate`, which Colab users and
 tests call directly. Any field can be overridden: `--config.optim.lr=0.1`.
+
+Several hosts: start the same command on every host; `jax.distributed.initialize()`
+runs first when the launch has several processes (srun, mpirun, a Cloud TPU pod, or
+explicitly `--coordinator_address=HOST:PORT --num_processes=N --process_id=I`).
 """
 from __future__ import annotations
 
 import difflib
 import importlib.util
+import os
 import sys
 
 from absl import app, flags, logging
@@ -18,6 +23,18 @@ _CONFIG = config_flags.DEFINE_config_file(
 _WORKDIR = flags.DEFINE_string("workdir", None,
                                "Run directory (checkpoints, logs, results.json); the run resumes from "
                                "it. Default: runs/<method>_<teacher>_<student>.")
+_MULTIHOST = flags.DEFINE_enum(
+    "multihost", "auto", ["auto", "on", "off"],
+    "Call jax.distributed.initialize() before training. auto: when launched as several processes "
+    "(--num_processes/JAX_NUM_PROCESSES > 1, srun with several tasks, mpirun, Cloud TPU pod "
+    "workers listed in TPU_WORKER_HOSTNAMES); on: always (JAX detects the cluster); off: never.")
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "host:port of process 0 for a multi-process run; default "
+    "$JAX_COORDINATOR_ADDRESS.")
+_NUM_PROCESSES = flags.DEFINE_integer(
+    "num_processes", None, "Processes of a multi-process run; default $JAX_NUM_PROCESSES.")
+_PROCESS_ID = flags.DEFINE_integer(
+    "process_id", None, "This process's rank in [0, num_processes); default $JAX_PROCESS_ID.")
 flags.mark_flags_as_required(["config"])
 
 
@@ -84,6 +101,63 @@ def _parse_flags(argv: list[str]) -> list[str]:
   return argv
 
 
+def distributed_args(mode: str, coordinator_address: str | None, num_processes: int | None,
+                     process_id: int | None, env=None) -> dict | None:
+  """The `jax.distributed.initialize` arguments for this launch, or None for a single process.
+
+  Values come from the flags, else JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES /
+  JAX_PROCESS_ID; what is left unset (all of it under srun, mpirun or on a TPU pod) JAX's
+  own cluster detection fills in.
+  """
+  env = os.environ if env is None else env
+  get_int = lambda name: int(env[name]) if env.get(name, "").strip() else None
+  coordinator_address = coordinator_address or env.get("JAX_COORDINATOR_ADDRESS") or None
+  num_processes = num_processes if num_processes is not None else get_int("JAX_NUM_PROCESSES")
+  process_id = process_id if process_id is not None else get_int("JAX_PROCESS_ID")
+  explicit = {k: v for k, v in (("coordinator_address", coordinator_address),
+                                ("num_processes", num_processes), ("process_id", process_id))
+              if v is not None}
+  if mode == "off":
+    return None
+  if mode == "on":
+    return explicit
+  if num_processes is not None:
+    if num_processes <= 1:
+      return None
+    missing = sorted({"coordinator_address", "process_id"} - set(explicit))
+    if missing and not _cluster_launched(env):
+      raise ValueError(f"--num_processes={num_processes} also needs "
+                       f"{' and '.join('--' + m for m in missing)} (or the JAX_* variables).")
+    return explicit
+  return explicit if _cluster_launched(env) else None
+
+
+def _cluster_launched(env) -> bool:
+  """Whether a launcher started several copies of this program (Slurm srun, Open MPI, TPU pod)."""
+  def count(name: str) -> int:
+    try:
+      return int(env.get(name, "1").split("(")[0] or 1)  # SLURM_STEP_NUM_TASKS may read '8(x2)'
+    except ValueError:
+      return 1
+  tpu_workers = [w for w in env.get("TPU_WORKER_HOSTNAMES", "").split(",") if w.strip()]
+  return count("SLURM_STEP_NUM_TASKS") > 1 or count("OMPI_COMM_WORLD_SIZE") > 1 or len(tpu_workers) > 1
+
+
+def _initialize_distributed() -> None:
+  """`jax.distributed.initialize()` when this is one of several processes; before any device use."""
+  try:
+    args = distributed_args(_MULTIHOST.value, _COORDINATOR.value, _NUM_PROCESSES.value,
+                            _PROCESS_ID.value)
+  except ValueError as e:
+    _fail(str(e))
+  if args is None:
+    return
+  import jax  # pylint: disable=import-outside-toplevel
+  jax.distributed.initialize(**args)
+  logging.info("process %d of %d, %d local / %d global devices", jax.process_index(),
+               jax.process_count(), jax.local_device_count(), jax.device_count())
+
+
 def main(argv: list[str]) -> None:
   """Trains and evaluates; bad input ends with one line on stderr and exit code 2."""
   if len(argv) > 1:
@@ -91,7 +165,9 @@ def main(argv: list[str]) -> None:
   if not flags.FLAGS["verbosity"].present:
     # Orbax and TFDS log every save and read at INFO; keep the console for progress.
     logging.set_verbosity(logging.WARNING)
+  _initialize_distributed()
   # Imported here so that `--help` and flag errors are fast.
+  import jax  # pylint: disable=import-outside-toplevel
   from kdjax import train  # pylint: disable=import-outside-toplevel
   from kdjax.errors import UserError  # pylint: disable=import-outside-toplevel
   try:
@@ -110,7 +186,8 @@ def main(argv: list[str]) -> None:
              f"last {results['last_top1']:.2f}%")
   if results.get("teacher_top1") is not None:
     summary += f"; teacher {results['teacher']} {results['teacher_top1']:.2f}%"
-  print(summary + f". Results: {workdir}/results.json", flush=True)
+  if jax.process_index() == 0:  # one summary per run, not one per host
+    print(summary + f". Results: {workdir}/results.json", flush=True)
 
 
 if __name__ == "__main__":

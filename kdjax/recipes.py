@@ -46,6 +46,8 @@ def base_config() -> ml_collections.ConfigDict:
   # Resize every image to this side at load time (0: native). STL-10 (96 px) at 32
   # feeds a CIFAR student and teacher.
   c.data.image_size = 0
+  # STL-10 only: add the 100000-image unlabelled split to the training set (label -1).
+  c.data.unlabelled = False
   # Independently augmented views per step: a cohort model (online methods) gets
   # one view per member when this equals its size (KDCL); 1 otherwise.
   c.data.views = 1
@@ -135,6 +137,8 @@ def teacher_config(student_config: ml_collections.ConfigDict) -> ml_collections.
   if student_config.teacher.dataset:
     c.data.name = student_config.teacher.dataset
     c.data.image_size = 0
+  # STL-10 only: add the 100000-image unlabelled split to the training set (label -1).
+  c.data.unlabelled = False
   c.data.views = 1
   c.epochs = student_config.teacher.train_epochs
   c.optim.lr = student_config.teacher.train_lr

@@ -306,6 +306,12 @@ def _pad_to(images: np.ndarray, labels: np.ndarray, multiple: int) -> tuple[np.n
           np.concatenate([labels, -np.ones(total - n, labels.dtype)]))
 
 
+def _log(message: str) -> None:
+  """Prints a progress line from process 0 only (every host runs the same loop)."""
+  if jax.process_index() == 0:
+    print(message, flush=True)
+
+
 def _model_exists(name: str) -> bool:
   """Whether `name` is a registered model (or a cohort of registered models)."""
   exists = getattr(models_lib, "exists", None)
@@ -372,6 +378,10 @@ def _load_teacher(config: ml_collections.ConfigDict, dataset: data_lib.Dataset, 
         f"teacher checkpoint {path!r} (config.teachers) does not exist. Give a kdjax run workdir, a "
         "directory from `python -m kdjax.convert`, a PyTorch .pth file, or only the architecture "
         "to train the teacher first.")
+  if not path and is_streaming(dataset):
+    raise ckpt_lib.CheckpointError(
+        f"no checkpoint for the {arch} teacher on {dataset.name}: set config.teacher.checkpoint (e.g. "
+        "torchvision's pretrained .pth); kdjax auto-trains teachers only on in-memory datasets.")
   if not path:
     teacher_cfg = recipes.teacher_config(config)
     teacher_cfg.model = arch
@@ -383,8 +393,8 @@ def _load_teacher(config: ml_collections.ConfigDict, dataset: data_lib.Dataset, 
     if not ckpt_lib.is_model_dir(os.path.join(path, "model")):
       logging.info("no teacher checkpoint given: training the %s teacher on %s into %s first "
                    "(a later run reuses it).", arch, data_name, path)
-      print(f"[kdjax] no teacher checkpoint given (config.teacher.checkpoint): training {arch} on "
-            f"{data_name} into {path} first; later runs reuse it.", flush=True)
+      _log(f"[kdjax] no teacher checkpoint given (config.teacher.checkpoint): training {arch} on "
+            f"{data_name} into {path} first; later runs reuse it.")
       train_and_evaluate(teacher_cfg, path)
   if path.endswith((".pth", ".pt", ".tar")):
     from kdjax import convert  # pylint: disable=import-outside-toplevel
@@ -604,6 +614,10 @@ def _image_shape(dataset) -> tuple[int, ...]:
 def _load_dataset(config: ml_collections.ConfigDict) -> data_lib.Dataset:
   """The run's dataset, resized at load time when `config.data.image_size` asks for it."""
   kwargs = {"data_dir": config.data.data_dir or None, "download": config.data.download}
+  if config.data.manual_dir:
+    kwargs["manual_dir"] = config.data.manual_dir
+  if config.data.unlabelled:
+    kwargs["unlabelled"] = True
   if config.data.image_size:
     kwargs["image_size"] = config.data.image_size
   return data_lib.load(config.data.name, **kwargs)
@@ -716,9 +730,9 @@ class _Fitter:
       history["wall_seconds"] = history.get("wall_seconds", 0.0) + (time.time() - t_start)
       t_start = time.time()
       checkpoints.save(epoch + 1, state, history)
-      print(f"[kdjax] {self.name} epoch {epoch + 1}/{config.epochs}: test top-1 {tops[0]:.2f}% "
+      _log(f"[kdjax] {self.name} epoch {epoch + 1}/{config.epochs}: test top-1 {tops[0]:.2f}% "
             f"(best {history['best_top1']:.2f}% at epoch {history['best_epoch']}), "
-            f"train loss {record['train_loss']:.4f}", flush=True)
+            f"train loss {record['train_loss']:.4f}")
     return state, history
 
 
@@ -744,7 +758,7 @@ def _run_prestage(config, method: methods_lib.Method, dataset, mesh, workdir: st
   if checkpoints.latest_epoch() is not None:
     state, history = checkpoints.restore(state)
   if len(history["epochs"]) < prestage.epochs:
-    print(f"[kdjax] {config.method}: prestage of {prestage.epochs} epoch(s) into {directory}", flush=True)
+    _log(f"[kdjax] {config.method}: prestage of {prestage.epochs} epoch(s) into {directory}")
   writer = _Writer(directory)
   try:
     fitter = _Fitter(pre_config, run, dataset, mesh, directory, f"{config.method} prestage", teacher_vars)
@@ -763,7 +777,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     with open(results_path) as f:
       results = json.load(f)
     if results.get("epochs") == config.epochs:
-      print(f"[kdjax] {workdir} already holds a finished run (results.json); nothing to do.")
+      _log(f"[kdjax] {workdir} already holds a finished run (results.json); nothing to do.")
       return results
 
   devices = jax.devices()
@@ -795,7 +809,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   history = _new_history()
   if checkpoints.latest_epoch() is not None:
     state, history = checkpoints.restore(state)
-    print(f"[kdjax] resumed from {workdir} after epoch {checkpoints.latest_epoch()}.", flush=True)
+    _log(f"[kdjax] resumed from {workdir} after epoch {checkpoints.latest_epoch()}.")
 
   name = _run_name(config)
   fitter = _Fitter(config, run, dataset, mesh, workdir, name, teacher_vars)
@@ -812,8 +826,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       tops.append(fitter.top1(eval_teacher, jax.device_put(variables, NamedSharding(mesh, P())))[0])
     if tops:
       history["teacher_top1"] = tops[0] if len(tops) == 1 else tops
-      print(f"[kdjax] teacher(s) {config.teacher.arch or ','.join(config.teachers)}: test top-1 "
-            f"{tops}", flush=True)
+      _log(f"[kdjax] teacher(s) {config.teacher.arch or ','.join(config.teachers)}: test top-1 "
+            f"{tops}")
 
   def save_best(variables, epoch, top1):
     ckpt_lib.save_model(os.path.join(workdir, "best"), variables,

@@ -6,6 +6,11 @@ during training (jax-practice.md §3.3).
 
 * `cifar100`, `cifar10`: TFDS. TensorFlow is imported only when one of them is
   loaded, so `import kdjax.data` and the embedded `digits` set need no TF.
+* `stl10`: TFDS, 96x96, 10 classes; `unlabelled=True` appends its 100000-image
+  unlabelled split to the training set with label -1 (FKD's cross-dataset setting).
+  TFDS 4.9.10 has no Tiny-ImageNet builder, so kdjax has no Tiny-ImageNet loader.
+* `image_size`: every split resized once on the host at load time (antialiased
+  bilinear), e.g. STL-10 at 32 for CIFAR nets; 0 keeps the native size.
 * `digits`: scikit-learn's 8x8 handwritten digits brought to 32x32x3, shipped
   inside the scikit-learn package: a real dataset that needs no download.
 """
@@ -19,7 +24,7 @@ from kdjax.errors import UserError
 
 from kdjax.data import augment  # noqa: F401  (re-exported: `kdjax.data.augment.random_crop_flip`)
 
-_NAMES = ("cifar10", "cifar100", "digits")
+_NAMES = ("cifar10", "cifar100", "digits", "imagenet2012", "stl10")
 
 
 class DatasetNotFoundError(UserError):
@@ -55,8 +60,53 @@ def names() -> list[str]:
   return list(_NAMES)
 
 
-def load(name: str, data_dir: str | None = None, download: bool = False) -> Dataset:
-  """Loads the train and test splits of `name` into memory (`data_dir`/`download` apply to TFDS sets)."""
+_RESIZE_CHUNK = 5_000  # images per tf.image.resize call: bounds the float32 temporaries
+
+
+def resize_images(images: np.ndarray, size: int) -> np.ndarray:
+  """uint8 (N, H, W, C) -> uint8 (N, size, size, C), antialiased bilinear (area-aware when shrinking)."""
+  if images.shape[1:3] == (size, size):
+    return images
+  from kdjax.data import cifar  # pylint: disable=import-outside-toplevel
+  cifar._import_tfds()  # pylint: disable=protected-access  (hides accelerators from TF first)
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  out = [np.clip(np.rint(tf.image.resize(images[i:i + _RESIZE_CHUNK], (size, size), method="bilinear",
+                                         antialias=True).numpy()), 0, 255).astype(np.uint8)
+         for i in range(0, len(images), _RESIZE_CHUNK)]
+  return np.concatenate(out) if out else np.zeros((0, size, size, images.shape[-1]), np.uint8)
+
+
+def resize(dataset: Dataset, size: int) -> Dataset:
+  """`dataset` with both splits resized to size x size (0: unchanged)."""
+  if not size:
+    return dataset
+  if not isinstance(dataset, Dataset):
+    raise UserError(f"config.data.image_size={size} applies to in-memory datasets, not to a "
+                    f"{type(dataset).__name__}.")
+  return dataclasses.replace(dataset, train_images=resize_images(dataset.train_images, size),
+                             test_images=resize_images(dataset.test_images, size))
+
+
+def load(name: str, data_dir: str | None = None, download: bool = False,
+         manual_dir: str | None = None, image_size: int = 0, unlabelled: bool = False) -> Dataset:
+  """Loads the train and test splits of `name` into memory (`data_dir`/`download` apply to TFDS sets).
+
+  `image_size` > 0 resizes every split to that side once, here on the host; `unlabelled`
+  (STL-10 only) adds the unlabelled split to the training set with label -1.
+  """
+  if image_size < 0:
+    raise UserError(f"config.data.image_size={image_size}; it must be >= 0 (0: native size).")
+  if unlabelled and name != "stl10":
+    raise UserError(f"dataset {name!r} has no unlabelled split; only stl10 has one.")
+  if name == "stl10":  # resizes chunk by chunk while reading: 105k 96-px images are 2.9 GB
+    from kdjax.data import stl10  # pylint: disable=import-outside-toplevel
+    return stl10.load(data_dir=data_dir, download=download, unlabelled=unlabelled, image_size=image_size)
+  if name == "imagenet2012":  # streamed from disk: a `imagenet.StreamingDataset`; image_size = crop side
+    from kdjax.data import imagenet  # pylint: disable=import-outside-toplevel
+    return imagenet.load(data_dir=data_dir, download=download, manual_dir=manual_dir,
+                         image_size=image_size)
+  if image_size:
+    return resize(load(name, data_dir=data_dir, download=download, manual_dir=manual_dir), image_size)
   # Imported here so that `import kdjax.data` stays cheap and TF-free.
   if name == "digits":
     from kdjax.data import digits  # pylint: disable=import-outside-toplevel
