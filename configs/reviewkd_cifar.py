@@ -36,8 +36,19 @@ release's `--kd-loss-weight` default 1.0 and are listed in UNPUBLISHED_WEIGHT. T
 vgg13,MobileNetV2 number (70.37) has a single third-party source. ResNet50,vgg8
 is left out: its only ReviewKD number (SDD Table 2) is a suspected copy error.
 
+Ablations. Append an ABLATIONS name to get one ablation of the ML Reproducibility
+Challenge report on ReviewKD (shared/seeds/000; methods.md §3.6) as overrides of the
+method's switches (kdjax/methods/reviewkd.py): `release` (the baseline: the official
+configuration, no override), `no_abf`, `feed_output`, `hcl_full_4`,
+`hcl_equal_weights`, `no_hcl`, `no_review`, `rlf_only`, `none`. ABLATION_ROWS is the
+order of `experiments/reproduce.py --table=reviewkd_ablation`, ABLATION_REPORTED the
+report's numbers (its component table is on resnet56,resnet20 only, with λ = 0.7
+where this config uses the release's 0.6; for the other pairs it gives only the full
+method's reproduction).
+
     python -m kdjax.main --config=configs/reviewkd_cifar.py:resnet32x4,resnet8x4
     python -m kdjax.main --config=configs/reviewkd_cifar.py:resnet32x4,resnet8x4,official
+    python -m kdjax.main --config=configs/reviewkd_cifar.py:wrn_40_2,wrn_16_2,no_abf
 """
 from kdjax import recipes
 from kdjax.errors import UserError
@@ -73,6 +84,40 @@ REPORTED = {
 # The release saves and reports the best test epoch (`best_acc` in `CIFAR-100/train.py`).
 REPORTED_METRIC = "best"
 
+# Ablation variant -> config overrides (the switches of kdjax/methods/reviewkd.py). MLRC names its
+# component table's rows by what is added to a per-level FitNets-like baseline: none (no review, no
+# ABF, single MSE), +RLF (the review's residual fusion, plain sum), +ABF (RLF with attention, single
+# MSE), +HCL without ABF (RLF with the plain sum and HCL), all (the release).
+ABLATIONS = {
+    "release": {},                                                       # MLRC "all"
+    "no_abf": {"reviewkd.abf": False},                                   # MLRC "+ HCL (without ABF)"
+    "feed_output": {"reviewkd.feed": "output"},                          # the ABF output feeds the next level
+    "hcl_full_4": {"reviewkd.hcl_levels": (0, 4)},                       # a shorter pyramid
+    "hcl_equal_weights": {"reviewkd.hcl_weights": (1.0, 1.0, 1.0, 1.0)},  # no halving
+    "no_hcl": {"reviewkd.hcl_levels": (0,)},                             # MLRC "+ ABF"
+    "no_review": {"reviewkd.review": False},                             # level j <-> teacher level j only
+    "rlf_only": {"reviewkd.abf": False, "reviewkd.hcl_levels": (0,)},    # MLRC "+ RLF"
+    "none": {"reviewkd.review": False, "reviewkd.abf": False, "reviewkd.hcl_levels": (0,)},  # MLRC "none"
+}
+ABLATION_ROWS = tuple(ABLATIONS)
+ABLATION_BASELINE = "release"
+# MLRC 2021 reproduction (DevPranjal/ml-repro-2021 README; methods.md §3.5-3.6): the full method on
+# every pair it ran, the components on resnet56,resnet20 only.
+ABLATION_REPORTED = {
+    "release": {"resnet32x4,resnet8x4": 76.02, "wrn_40_2,wrn_16_2": 76.27, "resnet56,resnet20": 71.79},
+    "no_abf": {"resnet56,resnet20": 71.51},
+    "no_hcl": {"resnet56,resnet20": 71.28},
+    "rlf_only": {"resnet56,resnet20": 69.92},
+    "none": {"resnet56,resnet20": 69.50},
+}
+# The full-method rows ran the release's code (best epoch); the component rows ran MLRC's own
+# re-implementation, whose reported epoch is not stated.
+ABLATION_REPORTED_METRIC = {"release": "best"}
+ABLATION_NOTES = {
+    variant: {"resnet56,resnet20": "MLRC's component ablation, λ = 0.7 (this config: the release's 0.6)"}
+    for variant in ("release", "no_abf", "no_hcl", "rlf_only", "none")
+}
+
 OFFICIAL_BATCH_SIZE = 128
 OFFICIAL_LR_MILESTONES = (151, 181, 211)
 
@@ -82,21 +127,29 @@ def official_lr(student: str) -> float:
   return 0.02 if student in recipes.SMALL_LR_STUDENTS else 0.1
 
 
-def _split_recipe(arg: str | None) -> tuple[str, bool]:
-  """'teacher,student[,official]' -> ('teacher,student', official?)."""
+def _split_recipe(arg: str | None) -> tuple[str, bool, str]:
+  """'teacher,student[,official][,ablation]' -> ('teacher,student', official?, ablation or 'release')."""
   parts = [p.strip() for p in (arg or DEFAULT_PAIR).split(",")]
-  if len(parts) == 3:
-    if parts[2] != "official":
-      raise UserError(f"unknown recipe {parts[2]!r} in {arg!r}; append ',official' for the "
-                      "release's recipe or nothing for the common protocol.")
-    return ",".join(parts[:2]), True
-  return ",".join(parts), False
+  official, ablation = False, None
+  for extra in parts[2:]:
+    if extra == "official" and not official:
+      official = True
+    elif extra in ABLATIONS and ablation is None:
+      ablation = extra
+    else:
+      raise UserError(f"unknown recipe {extra!r} in {arg!r}; append ',official' for the release's "
+                      "recipe or nothing for the common protocol, and/or one ablation of "
+                      f"{', '.join(ABLATIONS)}.")
+  return ",".join(parts[:2]), official, ablation or ABLATION_BASELINE
 
 
 def get_config(arg: str = DEFAULT_PAIR):
-  """ReviewKD config for `teacher,student`, or `teacher,student,official` for the release's optimiser."""
-  pair, official = _split_recipe(arg)
+  """ReviewKD config for `teacher,student[,official][,ablation]` (the release's optimiser; an ablation)."""
+  pair, official, ablation = _split_recipe(arg)
   c = recipes.distill_config("reviewkd", pair, DEFAULT_PAIR, PAIRS)
+  for key, value in ABLATIONS[ablation].items():
+    node, field = key.split(".")
+    c[node][field] = value
   if official:
     c.batch_size = OFFICIAL_BATCH_SIZE
     c.optim.lr = official_lr(c.model)

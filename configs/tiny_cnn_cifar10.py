@@ -30,7 +30,24 @@ batch 64, KD "a=0.5", DKD with (T, a, b). Not stated, chosen here:
   alpha = 0.5 means CE weight 0.5 and KD weight 0.5, which is what this config uses.
   The KD term is T^2 * KL (Hinton; kdjax `kd` method) -- identical at T = 1.
 * DKD's alpha/beta are the DKD paper's TCKD/NCKD weights (the study builds on the
-  mdistiller code), CE weight 1. Warmup: mdistiller ramps the DKD term over 20 of 240
+  mdistiller code), CE weight 1.
+* DKD's LR is LR / T for T > 1 (0.005 at T = 2, 0.0025 at T = 4; T <= 1 keeps 0.01).
+  Why: the T^2-scaled KL terms have logit gradient T * (p_s^T - p_t^T), T times a
+  bounded residual, and NCKD's lacks KD's (1 - p_t^T) damping (methods.md §2.6,
+  mechanism 6), so at a fixed LR the step DKD takes grows linearly in T. Measured on
+  digits with the study's trained teacher at T = 4, beta = 2, LR 0.01 (the old
+  setting): the gradient norm ran at 20-40, 5-10x the CE term's alone, while the
+  BN-free student's weights grew; at step 87 (epoch 4, after the warmup) it spiked
+  (norm 112, then 908, 1.5e4, 1e7), logits overflowed float32 by step 92 and the
+  NaN guard stopped the run. The DKD loss itself stayed finite until the logits
+  were inf (it is log-space, kdjax/methods/dkd.py). This is an optimisation
+  instability (mdistiller issue #60: lowering the LR removed the NaN), not a
+  numerical one, and scaling the LR by 1/T keeps LR * T, the step on the logits,
+  at its T = 1 value. With it, the digits study's T = 2 and T = 4 rows train with
+  every loss finite (95.5% best at T = 4; experiments/results/tiny_cnn_dkd_digits),
+  and T = 2, 4, 8 stay finite in tests/test_tiny_cnn_dkd.py; at LR 0.01 the same
+  30-epoch teacher also made T = 8 diverge (step 62). KD rows keep 0.01 (its T^2 KL
+  is damped by 1 - p_t^T and weighted 0.5; it trained at T = 5). Warmup: mdistiller ramps the DKD term over 20 of 240
   epochs; here the same fraction of 30 epochs, 2.5 epochs (a 20-epoch ramp would cover
   two thirds of this schedule).
 * Teacher: `simple_cnn_teacher` with the same optimizer for 30 epochs, trained once per
@@ -127,9 +144,15 @@ def get_config(variant: str = "dkd_t1_a0.7_b0.25"):
     c.method = "dkd"
     c.dkd.temperature, c.dkd.alpha, c.dkd.beta = (float(g) for g in m.groups())
     _check(variant, c.dkd.temperature, c.dkd.alpha)
+    c.optim.lr = dkd_lr(c.dkd.temperature)
     return c
   raise UserError(f"unknown tiny-CNN variant {variant!r}; valid: {GRAMMAR}; "
                   f"the study's table: {', '.join(ROWS)}")
+
+
+def dkd_lr(temperature: float) -> float:
+  """DKD's student LR: LR / T above T = 1, so LR * T (the step on the logits) stays that of T = 1."""
+  return LR / max(1.0, temperature)
 
 
 def _check(variant: str, temperature: float, alpha: float) -> None:

@@ -62,12 +62,24 @@ TABLES: dict[str, tuple[str, ...]] = {
         "resnet32x4,ShuffleV2", "wrn_40_2,ShuffleV1"),
     # The config's TEACHER,STUDENT (tests check they agree).
     "tiny_cnn_dkd": ("simple_cnn_teacher,simple_cnn_student",),
+    # ReviewKD's ablations (MLRC 2021 report): two pairs by default; resnet56,resnet20 (the pair of
+    # the report's component table) on request (--pairs).
+    "reviewkd_ablation": ("resnet32x4,resnet8x4", "wrn_40_2,wrn_16_2", "resnet56,resnet20"),
 }
+# The pairs a table runs when --pairs is not given (default: all of TABLES[table]).
+TABLE_DEFAULT_PAIRS = {"reviewkd_ablation": ("resnet32x4,resnet8x4", "wrn_40_2,wrn_16_2")}
 # Variant tables: one pair, one config whose argument names the row. The config has ROWS (the
 # variants, in order), REPORTED (variant -> published top-1), optionally REPORTED_METRIC,
 # REPORTED_NOTES (variant -> text), EPOCHS (the protocol's), and a `teacher` variant (the teacher job).
 VARIANT_TABLES = {"tiny_cnn_dkd": "configs/tiny_cnn_cifar10.py"}
 TEACHER_VARIANT = "teacher"
+# Ablation tables: several pairs, one method config whose argument `teacher,student,<ablation>`
+# names the row. The config has ABLATION_ROWS (the baseline first), ABLATION_REPORTED
+# (ablation -> pair -> top-1), optionally ABLATION_REPORTED_METRIC (ablation -> 'best' | 'last';
+# default 'unknown') and ABLATION_NOTES (ablation -> pair -> text). Teachers: configs/teacher_cifar.py.
+ABLATION_TABLES = {"reviewkd_ablation": "configs/reviewkd_cifar.py"}
+# Stands for the pair in a MethodSpec.config_arg shared by several pairs.
+PAIR_PLACEHOLDER = "{pair}"
 # The dataset each table is defined on (config.data.name=... overrides it).
 TABLE_DATASETS = {"tiny_cnn_dkd": "cifar10"}
 TABLE_TITLES = {
@@ -77,6 +89,8 @@ TABLE_TITLES = {
                           "(DKD paper; protocol.md §4.2)",
     "tiny_cnn_dkd": "CIFAR-10, a third-party DKD study on tiny CNNs: no-KD vs KD vs DKD "
                     "(shared/seeds/004; configs/tiny_cnn_cifar10.py)",
+    "reviewkd_ablation": "CIFAR-100, ReviewKD ablations: ABF, what feeds the next level, HCL, review "
+                         "(MLRC 2021 report, shared/seeds/000; configs/reviewkd_cifar.py)",
 }
 # What the "paper" column is, per table (default: the DKD-paper tables' text).
 PAPER_NOTES = {
@@ -84,6 +98,12 @@ PAPER_NOTES = {
                     "not stated, so Δ compares with kdjax's best epoch only). Each row is a variant of "
                     "`configs/tiny_cnn_cifar10.py` (`nokd`: the student alone; `kd_tT`: KD at T, CE 0.5 / "
                     "KD 0.5; `dkd_tT_aA_bB`: DKD at T, alpha A (TCKD), beta B (NCKD)).",
+    "reviewkd_ablation": "* **paper**: the ML Reproducibility Challenge 2021 report's number (— where it "
+                         "has none): the full method (`release`, the baseline row: the official "
+                         "configuration) on every pair it ran, best epoch of the release's code; its "
+                         "component ablation on resnet56 → resnet20 only, epoch not stated. Each row is "
+                         "an ablation of `configs/reviewkd_cifar.py` (`ABLATIONS`: config.reviewkd "
+                         "switches abf, feed, hcl_levels, hcl_weights, review).",
 }
 
 # Published teacher and vanilla-student top-1 (RepDistiller README = CRD paper, last epoch;
@@ -211,6 +231,29 @@ def variant_specs(table: str, names: Optional[Sequence[str]] = None) -> list[Met
   return specs
 
 
+def ablation_specs(table: str, names: Optional[Sequence[str]], pairs: Sequence[str]) -> list[MethodSpec]:
+  """The rows of an ablation table: `names` (default: the config's ABLATION_ROWS), each over `pairs`."""
+  path = ABLATION_TABLES[table]
+  module = load_config_module(path)
+  names = list(names) if names else list(module.ABLATION_ROWS)
+  reported = getattr(module, "ABLATION_REPORTED", {})
+  metrics = getattr(module, "ABLATION_REPORTED_METRIC", {})
+  notes = getattr(module, "ABLATION_NOTES", {})
+  specs = []
+  for name in names:
+    if name not in module.ABLATION_ROWS:
+      raise ValueError(f"unknown ablation {name!r} of {table}; valid: {', '.join(module.ABLATION_ROWS)}")
+    for pair in pairs:
+      try:
+        module.get_config(f"{pair},{name}")
+      except Exception as e:  # noqa: BLE001  (the config's UserError says what is valid)
+        raise ValueError(f"{table}: {e}") from e
+    specs.append(MethodSpec(
+        name, path, tuple(pairs), dict(reported.get(name, {})), metrics.get(name, "unknown"), module,
+        config_arg=f"{PAIR_PLACEHOLDER},{name}", notes=dict(notes.get(name, {}))))
+  return specs
+
+
 # ----------------------------------------------------------------------------- jobs
 
 
@@ -315,7 +358,8 @@ def plan(specs: Sequence[MethodSpec], seeds: int, root: str, overrides: dict[str
         if not spec.uses_teacher:
           config_arg, needs = f"{spec.config}:{spec.config_arg or student}", None
         else:
-          config_arg, needs = f"{spec.config}:{spec.config_arg or pair}", teachers[teacher].workdir
+          config_arg = f"{spec.config}:{(spec.config_arg or pair).replace(PAIR_PLACEHOLDER, pair)}"
+          needs = teachers[teacher].workdir
           # The checkpoint makes the job read the teacher job's finished run (a missing one is an
           # error, not a second teacher trained concurrently); auto_workdir names the same place,
           # so the command without the checkpoint flag trains and shares the teacher there.
@@ -610,6 +654,10 @@ def render_markdown(cells: Sequence[Cell], table: str, seeds: int, protocol_epoc
   if table in VARIANT_TABLES:
     lines += ["", f"Rows are variants of `{VARIANT_TABLES[table]}` (its `ROWS`); the published "
                   "numbers are its `REPORTED` (— where the study has none)."]
+  elif table in ABLATION_TABLES:
+    lines += ["", f"Rows are ablations of `{ABLATION_TABLES[table]}` (its `ABLATION_ROWS`, the baseline "
+                  "first); the published numbers are its `ABLATION_REPORTED` (— where the report has "
+                  "none)."]
   else:
     lines += ["", "A method has a row only for the pairs its config lists (`PAIRS` in "
                   "`configs/<method>_cifar.py`); the published numbers are that config's `REPORTED`."]
@@ -643,7 +691,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
   p.add_argument("--methods", default=None,
                  help="comma-separated: 'vanilla' and/or methods with a configs/<method>_cifar.py "
                       "(default kd,dkd); for a variant table (tiny_cnn_dkd) its variants "
-                      "(default: all of its config's ROWS)")
+                      "(default: all of its config's ROWS); for an ablation table "
+                      "(reviewkd_ablation) its ablations (default: all of ABLATION_ROWS)")
   p.add_argument("--pairs", action="append", default=[],
                  help="restrict the table to these pairs, 'teacher,student' (repeatable, or ';'-separated)")
   p.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 per cell")
@@ -675,7 +724,7 @@ def table_pairs(table: str, requested: Sequence[str]) -> tuple[str, ...]:
   unknown = [w for w in wanted if w not in pairs]
   if unknown:
     raise ValueError(f"pair(s) {', '.join(unknown)} not in {table}; its pairs: {'; '.join(pairs)}")
-  return tuple(p for p in pairs if p in wanted) if wanted else pairs
+  return tuple(p for p in pairs if p in wanted) if wanted else TABLE_DEFAULT_PAIRS.get(table, pairs)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -686,11 +735,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   try:
     pairs = table_pairs(args.table, args.pairs)
     overrides = parse_overrides(args.override)
-    default_methods = "" if args.table in VARIANT_TABLES else "kd,dkd"
+    default_methods = "" if args.table in VARIANT_TABLES or args.table in ABLATION_TABLES else "kd,dkd"
     names = list(dict.fromkeys(m.strip() for m in (args.methods or default_methods).split(",")
                                if m.strip()))
     if args.table in VARIANT_TABLES:
       specs = variant_specs(args.table, names)
+    elif args.table in ABLATION_TABLES:
+      specs = ablation_specs(args.table, names, pairs)
     else:
       specs = [method_spec(name, pairs) for name in names]
   except ValueError as e:

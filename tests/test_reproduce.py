@@ -296,3 +296,54 @@ def test_real_trainer_on_mocked_cifar(tmp_path, monkeypatch, capsys):
   capsys.readouterr()
   assert plot.main([root]) == 0
   assert all(open(p, "rb").read(8) == PNG_SIGNATURE for p in capsys.readouterr().out.split())
+
+
+def test_reviewkd_ablation_dry_run_lists_every_ablation_on_both_pairs(tmp_path, capsys):
+  """Default pairs resnet32x4->resnet8x4 and wrn_40_2->wrn_16_2, one job per ablation x pair x seed,
+  each the ReviewKD config with the ablation appended to the pair; teachers from teacher_cifar.py."""
+  root = str(tmp_path / "abl")
+  rkd = reproduce.load_config_module("configs/reviewkd_cifar.py")
+  assert rkd.ABLATION_ROWS[0] == "release" and len(rkd.ABLATION_ROWS) == 9
+  assert reproduce.main(["--table=reviewkd_ablation", "--seeds=2", f"--workdir={root}", "--dry-run"]) == 0
+  out = capsys.readouterr().out
+  assert f"# {2 + 9 * 2 * 2} job(s); nothing run (--dry-run)" in out
+  assert "[teacher] teachers/cifar100_resnet32x4 (pending)" in out
+  assert "[teacher] teachers/cifar100_wrn_40_2 (pending)" in out
+  assert "resnet56" not in out  # the report's component pair only on request
+  for name in rkd.ABLATION_ROWS:
+    for pair, cell in [("resnet32x4,resnet8x4", "resnet32x4_resnet8x4"), ("wrn_40_2,wrn_16_2", "wrn_40_2_wrn_16_2")]:
+      for seed in (0, 1):
+        assert f"[student] runs/{name}/{cell}/seed{seed} (pending)" in out
+        assert (f"--config=configs/reviewkd_cifar.py:{pair},{name} --workdir={root}/runs/{name}/{cell}/"
+                f"seed{seed} ") in out
+  assert reproduce.main(["--table=reviewkd_ablation", "--seeds=1", f"--workdir={root}", "--print-commands",
+                         "--methods=no_abf,none", "--pairs=resnet56,resnet20"]) == 0
+  lines = capsys.readouterr().out.strip().splitlines()
+  assert len(lines) == 3 and "teacher_cifar.py:resnet56" in lines[0]
+  assert "reviewkd_cifar.py:resnet56,resnet20,no_abf " in lines[1]
+  assert f"--config.teacher.checkpoint={root}/teachers/cifar100_resnet56" in lines[2]
+  assert reproduce.main(["--table=reviewkd_ablation", f"--workdir={root}", "--dry-run", "--methods=nosuch"]) == 2
+  assert "unknown ablation 'nosuch'" in capsys.readouterr().err
+  assert not os.path.exists(root)
+
+
+def test_reviewkd_ablation_table_with_the_reports_numbers(tmp_path, fake):
+  """The baseline row first, the MLRC numbers where the report has them (— elsewhere)."""
+  launcher, _ = fake
+  root = str(tmp_path / "abl")
+  args = ["--table=reviewkd_ablation", "--methods=release,no_abf,feed_output", "--seeds=1",
+          f"--workdir={root}", "--pairs=resnet32x4,resnet8x4;resnet56,resnet20",
+          "--override=config.epochs=2", f"--launcher={launcher}"]
+  assert reproduce.main(args) == 0
+  rows = _csv(root)
+  assert [(r["method"], r["teacher"]) for r in rows] == [
+      ("teacher", "resnet32x4"), ("release", "resnet32x4"), ("no_abf", "resnet32x4"), ("feed_output", "resnet32x4"),
+      ("teacher", "resnet56"), ("release", "resnet56"), ("no_abf", "resnet56"), ("feed_output", "resnet56")]
+  paper = {(r["method"], r["teacher"]): (r["paper_top1"], r["paper_metric"]) for r in rows}
+  assert paper[("release", "resnet32x4")] == ("76.0200", "best")
+  assert paper[("release", "resnet56")] == ("71.7900", "best")
+  assert paper[("no_abf", "resnet56")] == ("71.5100", "unknown")
+  assert paper[("no_abf", "resnet32x4")][0] == "" and paper[("feed_output", "resnet56")][0] == ""
+  assert all(r["n"] == "1" for r in rows)
+  table_md = open(os.path.join(root, "table.md")).read()
+  assert "ReviewKD ablations" in table_md and "λ = 0.7" in table_md

@@ -2,6 +2,7 @@
 import functools
 import importlib.util
 import os
+import zlib
 
 import jax
 import jax.numpy as jnp
@@ -370,3 +371,113 @@ def _check_release_init(params):
       fan_in = abf["att_conv"]["kernel"].shape[2]
       assert np.max(np.abs(abf["att_conv"]["kernel"])) <= (1 + 1e-6) / np.sqrt(fan_in)
       assert np.max(np.abs(abf["att_conv"]["bias"])) <= (1 + 1e-6) / np.sqrt(fan_in)
+
+
+# ----------------------------------------------------------------------------- ablation switches
+
+
+def _fill_by_path(shapes, seed):
+  """Variables of `shapes` with each leaf drawn from its own path-seeded stream, so that the leaves
+  two ablations share get the same values whatever else their trees hold."""
+
+  def fill(path, s):
+    key = "/".join(str(getattr(k, "key", k)) for k in path)
+    rng = np.random.default_rng([seed, zlib.crc32(key.encode())])
+    name = path[-1].key
+    if name == "kernel":
+      bound = np.sqrt(3.0 / np.prod(s.shape[:-1]))
+      return rng.uniform(-bound, bound, s.shape).astype(np.float32)
+    if name in ("scale", "var"):
+      return (1.0 + 0.1 * np.abs(rng.standard_normal(s.shape))).astype(np.float32)
+    return (0.1 * rng.standard_normal(s.shape)).astype(np.float32)
+
+  return jax.tree_util.tree_map_with_path(fill, shapes)
+
+
+def _ablation_loss(overrides, s_out, t_out):
+  """(ABF params, loss metrics) of the method with `overrides` of config.reviewkd, on fixed inputs."""
+  c = recipes.base_config()
+  for key, value in overrides.items():
+    node, field = key.split(".")
+    c[node][field] = value
+  method = methods.get("reviewkd", c)
+  params, state = _fill_by_path(jax.eval_shape(functools.partial(method.init, data_info={}),
+                                               jax.random.key(0), s_out, t_out), 3)
+  _, metrics, _ = jax.jit(method.loss)(params, state, s_out, t_out, {"label": np.array([1, 2])},
+                                       _progress(30))
+  return params, jax.device_get(metrics)
+
+
+def test_every_ablation_changes_the_loss_and_the_default_is_the_release():
+  """Each ABLATIONS entry computes another loss on the same features and the same shared weights;
+  the defaults (and `release`, and every switch spelt out at its default) are the release's loss."""
+  # Heights 8/4/2 (+ the pooled 1x1): every HCL pyramid level is used somewhere; teacher channels
+  # differ from C_mid = 64 at the shallow levels, so `feed='output'` needs its projection.
+  s_out = _tiny_output(0, channels=(8, 16, 32, 64), sizes=(8, 8, 4, 2))
+  t_out = _tiny_output(1, channels=(8, 32, 64, 128), sizes=(8, 8, 4, 2))
+  release_params, release = _ablation_loss({}, s_out, t_out)
+  spelt_out = {"reviewkd.abf": True, "reviewkd.feed": "residual", "reviewkd.hcl_levels": (0, 4, 2, 1),
+               "reviewkd.hcl_weights": (), "reviewkd.review": True}
+  assert reviewkd_cifar.ABLATIONS[reviewkd_cifar.ABLATION_BASELINE] == {}
+  assert reviewkd_cifar.ABLATION_ROWS[0] == reviewkd_cifar.ABLATION_BASELINE
+  assert float(_ablation_loss(spelt_out, s_out, t_out)[1]["loss_reviewkd"]) == float(release["loss_reviewkd"])
+  assert (reviewkd_cifar.get_config("resnet32x4,resnet8x4,release").to_dict()
+          == reviewkd_cifar.get_config("resnet32x4,resnet8x4").to_dict())
+  assert set(reviewkd_cifar.ABLATIONS) == {"release", "no_abf", "feed_output", "hcl_full_4",
+                                           "hcl_equal_weights", "no_hcl", "no_review", "rlf_only", "none"}
+  seen = {float(release["loss_reviewkd"])}
+  for name, overrides in reviewkd_cifar.ABLATIONS.items():
+    if name == reviewkd_cifar.ABLATION_BASELINE:
+      continue
+    params, metrics = _ablation_loss(overrides, s_out, t_out)
+    loss = float(metrics["loss_reviewkd"])
+    assert np.isfinite(loss) and loss > 0, name
+    assert abs(loss - float(release["loss_reviewkd"])) > 1e-4 * float(release["loss_reviewkd"]), name
+    assert loss not in seen, name  # and no two ablations compute the same thing
+    seen.add(loss)
+    # The module trees: attention only with ABF and review; the projection only for feed='output'.
+    fuses = overrides.get("reviewkd.abf", True) and overrides.get("reviewkd.review", True)
+    assert ("att_conv" in params["abfs_1"]) == fuses, name
+    assert any("res_proj" in p for p in params.values()) == (overrides.get("reviewkd.feed") == "output"), name
+    if name in ("hcl_full_4", "hcl_equal_weights", "no_hcl"):  # HCL only: the same modules
+      assert jax.tree.structure(params) == jax.tree.structure(release_params), name
+  # feed='output': teacher channels 32, 64, 128 (+ pooled 128) vs C_mid 64. The deepest level fuses
+  # nothing; the 128-channel outputs of the two deepest levels are projected to 64 where they are
+  # fused (abfs_1, abfs_2); the 64-channel one meets abfs_3 directly.
+  params, _ = _ablation_loss({"reviewkd.feed": "output"}, s_out, t_out)
+  assert "res_proj" not in params["abfs_0"] and "res_proj" not in params["abfs_3"]
+  assert params["abfs_1"]["res_proj"]["kernel"].shape == params["abfs_2"]["res_proj"]["kernel"].shape == (1, 1, 128, 64)
+
+
+def test_no_review_no_abf_no_hcl_is_per_level_connectors_with_mse():
+  """`none`: each student level through its own 1x1 conv+BN, 3x3 conv+BN, plain MSE to its teacher level."""
+  s_out = _tiny_output(0, channels=(8, 16, 32, 64), sizes=(8, 8, 4, 2))
+  t_out = _tiny_output(1, channels=(8, 32, 64, 128), sizes=(8, 8, 4, 2))
+  params, metrics = _ablation_loss(reviewkd_cifar.ABLATIONS["none"], s_out, t_out)
+  s_levels, t_levels = reviewkd.student_levels(s_out), reviewkd.teacher_levels(t_out)
+  expected = 0.0
+  for k, i in enumerate(reversed(range(len(s_levels)))):
+    abf = reviewkd.ABF(64, t_levels[i].shape[-1], fuse=False)
+    y, _ = abf.apply({"params": params[f"abfs_{k}"],
+                      "batch_stats": jax.tree.map(np.zeros_like, params[f"abfs_{k}"])},
+                     s_levels[i], None, t_levels[i].shape[1:3], True, mutable=["batch_stats"])[0]
+    expected += float(np.mean((np.asarray(y) - t_levels[i]) ** 2))
+  np.testing.assert_allclose(float(metrics["loss_reviewkd"]), expected, rtol=1e-5)
+
+
+def test_hcl_levels_and_weights():
+  """Custom pyramids: fixed weights per listed level, normalised over the used ones; (0,) is plain MSE."""
+  rng = np.random.default_rng(0)
+  y, t = rng.standard_normal((2, 8, 8, 3)).astype(np.float32), rng.standard_normal((2, 8, 8, 3)).astype(np.float32)
+  mse = lambda a, b: float(np.mean((np.asarray(a) - np.asarray(b)) ** 2))
+  pool = lambda a, k: np.asarray(reviewkd.adaptive_avg_pool(jnp.asarray(a), k))
+  assert float(reviewkd.hcl_level(y, t, (0,))) == pytest.approx(mse(y, t), rel=1e-6)
+  assert reviewkd.hcl_weights(8, (0, 4)) == ((None, 1.0), (4, 0.5))
+  assert reviewkd.hcl_weights(4, (0, 4, 2, 1), (1.0, 3.0, 2.0, 1.0)) == ((None, 1.0), (2, 2.0), (1, 1.0))
+  expected = (1.0 * mse(y, t) + 3.0 * mse(pool(y, 4), pool(t, 4)) + 2.0 * mse(pool(y, 2), pool(t, 2))) / 6.0
+  got = float(reviewkd.hcl_level(y, t, (0, 4, 2), (1.0, 3.0, 2.0)))
+  assert got == pytest.approx(expected, rel=1e-6)
+  for bad in [dict(hcl_levels=(4, 2, 1)), dict(hcl_levels=(0, 4, 4)), dict(hcl_weights=(1.0, 0.5)),
+              dict(feed="fused")]:
+    with pytest.raises(UserError, match="config.reviewkd"):
+      methods.get("reviewkd", _config(**bad))

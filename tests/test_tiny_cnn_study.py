@@ -19,7 +19,12 @@ def test_protocol_common_to_every_variant():
   for name in (*study.ROWS, "teacher"):
     c = study.get_config(name)
     assert (c.data.name, c.batch_size, c.epochs) == ("cifar10", 64, 30)
-    assert (c.optim.lr, c.optim.momentum, tuple(c.optim.lr_milestones)) == (0.01, 0.9, ())
+    # DKD above T = 1: LR / T (the config's docstring says why); everything else 0.01.
+    lr = 0.01 / c.dkd.temperature if name.startswith("dkd_") and c.dkd.temperature > 1 else 0.01
+    assert (c.optim.lr, c.optim.momentum, tuple(c.optim.lr_milestones)) == (lr, 0.9, ())
+  assert [study.get_config(f"dkd_t{t}_a1_b2").optim.lr for t in (0.5, 1, 2, 4, 8)] == \
+      [0.01, 0.01, 0.005, 0.0025, 0.00125]
+  assert study.get_config("kd_t5").optim.lr == 0.01
   c = study.get_config("nokd")
   assert (c.teacher.arch, c.teacher.train_epochs, c.teacher.train_lr) == ("simple_cnn_teacher", 30, 0.01)
   assert c.teacher.auto_workdir == "runs/teachers/{dataset}_{arch}"
