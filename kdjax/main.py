@@ -184,8 +184,11 @@ def main(argv: list[str]) -> None:
   summary = (f"[kdjax] done: {results['method']} {results['student']} on {results['dataset']}: "
              f"best top-1 {results['best_top1']:.2f}% (epoch {results['best_epoch']}), "
              f"last {results['last_top1']:.2f}%")
-  if results.get("teacher_top1") is not None:
-    summary += f"; teacher {results['teacher']} {results['teacher_top1']:.2f}%"
+  teacher_top1 = results.get("teacher_top1")
+  if isinstance(teacher_top1, list):
+    summary += f"; teachers {results['teacher']} " + ", ".join(f"{t:.2f}%" for t in teacher_top1)
+  elif teacher_top1 is not None:
+    summary += f"; teacher {results['teacher']} {teacher_top1:.2f}%"
   if jax.process_index() == 0:  # one summary per run, not one per host
     print(summary + f". Results: {workdir}/results.json", flush=True)
 

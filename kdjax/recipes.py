@@ -76,6 +76,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.teacher.train_epochs = 240
   c.teacher.train_lr = 0.05
   c.teacher.train_lr_milestones = (150, 180, 210)
+  # Batch and weight decay of the auto-trained teacher (0 / -1: the student's).
+  c.teacher.train_batch_size = 0
+  c.teacher.train_weight_decay = -1.0
   # Method of the auto-trained teacher run: 'vanilla', or e.g. 'sftn' (a
   # student-friendly teacher trained with branches of `config.model`).
   c.teacher.recipe = "vanilla"
@@ -143,4 +146,8 @@ def teacher_config(student_config: ml_collections.ConfigDict) -> ml_collections.
   c.epochs = student_config.teacher.train_epochs
   c.optim.lr = student_config.teacher.train_lr
   c.optim.lr_milestones = tuple(student_config.teacher.train_lr_milestones)
+  if student_config.teacher.train_batch_size:
+    c.batch_size = student_config.teacher.train_batch_size
+  if student_config.teacher.train_weight_decay >= 0:
+    c.optim.weight_decay = student_config.teacher.train_weight_decay
   return c

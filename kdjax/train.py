@@ -151,7 +151,7 @@ def make_teacher_forward(teacher_model, *, mean, std, teacher_inputs=None, bn_mo
   """`forward(teacher_vars, x, key) -> teacher_out` (a list for an ensemble), under stop_gradient."""
   modules = _as_list(teacher_model)
   ensemble = isinstance(teacher_model, (list, tuple))
-  specs = list(teacher_inputs) if teacher_inputs is not None else [None] * len(modules)
+  specs = _as_list(teacher_inputs) if ensemble else [teacher_inputs]
 
   def forward(teacher_vars, x, key):
     outs = []
@@ -355,8 +355,10 @@ def _teacher_specs(config: ml_collections.ConfigDict) -> list[tuple[str, str, in
   """(arch, checkpoint, seed offset) of each teacher: `config.teachers`, else `config.teacher`."""
   if not config.teachers:
     return [(config.teacher.arch, config.teacher.checkpoint, 0)]
+  # `--config.teachers=a,b` arrives as one string: split it.
+  entries = [e for item in config.teachers for e in str(item).split(",") if e.strip()]
   specs = []
-  for i, entry in enumerate(config.teachers):
+  for i, entry in enumerate(entries):
     arch, _, path = str(entry).partition("=")
     specs.append((arch.strip(), path.strip(), i))
   return specs

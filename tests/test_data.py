@@ -61,7 +61,7 @@ def test_missing_data_raises_at_once(tmp_path):
 def test_unknown_name():
   with pytest.raises(ValueError, match="cifar100"):
     data.load("mnist")
-  assert data.names() == ["cifar10", "cifar100", "digits"]
+  assert data.names() == ["cifar10", "cifar100", "digits", "imagenet2012", "stl10"]
 
 
 def test_import_and_digits_need_no_tensorflow():
@@ -210,3 +210,84 @@ def test_normalize_matches_numpy():
   zero = augment.normalize(jnp.zeros((1, 1, 1, 3), jnp.uint8), mean, std)
   np.testing.assert_allclose(np.asarray(zero).ravel(), -np.float32(mean) / np.float32(std),
                              rtol=1e-6)
+
+
+# ---------------------------------------------------------------- STL-10, image_size
+
+
+@pytest.fixture(scope="module")
+def stl10_variants():
+  """Mocked STL-10 loaded as labelled only, with its unlabelled split, and resized to 32."""
+  tfds = pytest.importorskip("tensorflow_datasets")
+  with tfds.testing.mock_data(num_examples=6):
+    return {"plain": data.load("stl10"), "unlabelled": data.load("stl10", unlabelled=True),
+            "resized": data.load("stl10", unlabelled=True, image_size=32)}
+
+
+def test_stl10_loads_under_mock_data(stl10_variants):
+  from kdjax.data import stl10  # pylint: disable=import-outside-toplevel
+  ds = stl10_variants["plain"]
+  assert ds.name == "stl10" and ds.num_classes == 10
+  assert (ds.mean, ds.std) == stl10.MEAN_STD
+  for images, labels in [(ds.train_images, ds.train_labels), (ds.test_images, ds.test_labels)]:
+    assert images.shape == (6, 96, 96, 3) and images.dtype == np.uint8
+    assert labels.dtype == np.int32 and labels.min() >= 0 and labels.max() < 10
+
+
+def test_stl10_unlabelled_split_joins_train_with_label_minus_one(stl10_variants):
+  plain, merged = stl10_variants["plain"], stl10_variants["unlabelled"]
+  assert merged.train_images.shape == (12, 96, 96, 3)
+  # The labelled examples first, unchanged; then the unlabelled ones, all labelled -1.
+  np.testing.assert_array_equal(merged.train_images[:6], plain.train_images)
+  np.testing.assert_array_equal(merged.train_labels[:6], plain.train_labels)
+  np.testing.assert_array_equal(merged.train_labels[6:], -1)
+  np.testing.assert_array_equal(merged.test_images, plain.test_images)
+  np.testing.assert_array_equal(merged.test_labels, plain.test_labels)
+
+
+def test_stl10_resized_at_load_time(stl10_variants):
+  merged, resized = stl10_variants["unlabelled"], stl10_variants["resized"]
+  assert resized.train_images.shape == (12, 32, 32, 3) and resized.test_images.shape == (6, 32, 32, 3)
+  np.testing.assert_array_equal(resized.train_labels, merged.train_labels)
+  # Resized batch by batch while reading == the whole split resized afterwards.
+  np.testing.assert_array_equal(resized.train_images, data.resize_images(merged.train_images, 32))
+  np.testing.assert_array_equal(resized.test_images, data.resize_images(merged.test_images, 32))
+
+
+def test_image_size_resizes_every_split_of_any_dataset():
+  tfds = pytest.importorskip("tensorflow_datasets")
+  with tfds.testing.mock_data(num_examples=5):
+    native = data.load("cifar10")
+    small = data.load("cifar10", image_size=16)
+  assert small.train_images.shape == (5, 16, 16, 3) and small.test_images.shape == (5, 16, 16, 3)
+  np.testing.assert_array_equal(small.train_labels, native.train_labels)
+  np.testing.assert_array_equal(small.train_images, data.resize_images(native.train_images, 16))
+  assert data.load("digits", image_size=0).train_images.shape[1:] == (32, 32, 3)
+  assert data.load("digits", image_size=24).test_images.shape[1:] == (24, 24, 3)
+
+
+def test_resize_is_antialiased():
+  """A 1-pixel checkerboard shrunk 3x averages to grey; constant images stay constant."""
+  board = (np.indices((96, 96)).sum(axis=0) % 2 * 255).astype(np.uint8)
+  board = np.repeat(board[None, :, :, None], 3, axis=-1)
+  out = data.resize_images(board, 32)
+  assert out.shape == (1, 32, 32, 3) and out.dtype == np.uint8
+  # Without antialiasing bilinear sampling picks near-black/near-white pixels instead.
+  assert np.abs(out[:, 2:-2, 2:-2].astype(int) - 127.5).max() <= 30
+  constant = np.full((2, 96, 96, 3), 77, np.uint8)
+  np.testing.assert_array_equal(data.resize_images(constant, 32), 77)
+  assert data.resize_images(constant, 96) is constant  # the native size is left alone
+
+
+def test_unlabelled_and_bad_image_size_are_clear_errors():
+  from kdjax.errors import UserError  # pylint: disable=import-outside-toplevel
+  with pytest.raises(UserError, match="only stl10"):
+    data.load("cifar10", unlabelled=True)
+  with pytest.raises(UserError, match="image_size"):
+    data.load("digits", image_size=-1)
+
+
+def test_tfds_has_no_tiny_imagenet_builder():
+  """README and kdjax.data say TFDS 4.9.10 has no Tiny-ImageNet: fails once a TFDS release adds one."""
+  tfds = pytest.importorskip("tensorflow_datasets")
+  assert not [b for b in tfds.list_builders() if "tiny" in b and "imagenet" in b]

@@ -13,6 +13,10 @@ mis-masks exploded logits (methods.md §2.6). Here everything stays in log space
 the binary log-probabilities are log-sum-exps of logits, and NCKD gathers the
 C-1 non-target logits instead of masking, so value and gradient stay finite for
 any finite logits and temperature.
+
+Ensembles (`config.teachers`, `multi_teacher=True`): the teacher logits are the
+teachers' mean logits (`base.ensemble_logits`), decoupled like one teacher's; with
+one teacher they are its logits, so single-teacher DKD is unchanged.
 """
 from __future__ import annotations
 
@@ -77,10 +81,11 @@ def make(cfg: ml_collections.ConfigDict) -> base.Method:
     del params
     labels = batch["label"]
     ce = base.cross_entropy(student_out[0], labels)
-    dkd, tckd, nckd = dkd_loss(student_out[0], teacher_out[0], labels, alpha, beta, t)
+    dkd, tckd, nckd = dkd_loss(student_out[0], base.ensemble_logits(teacher_out), labels, alpha,
+                               beta, t)
     ramp = base.warmup_factor(progress, warmup, epoch_base)
     metrics = {"loss_ce": ce, "loss_dkd": dkd, "loss_tckd": tckd, "loss_nckd": nckd,
                "dkd_warmup": ramp}
     return w_ce * ce + ramp * dkd, metrics, state
 
-  return base.Method(name="dkd", needs_teacher=True, loss=loss)
+  return base.Method(name="dkd", needs_teacher=True, loss=loss, multi_teacher=True)

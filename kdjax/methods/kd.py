@@ -5,6 +5,10 @@
 The KL is summed over classes and averaged over the batch (mdistiller and
 RepDistiller compute the same number). Both sides are log-softmaxes, so the loss
 never forms 0 * log 0.
+
+Ensembles (`config.teachers`, `multi_teacher=True`): z_t is the teachers' mean logits
+(`base.ensemble_logits`), the usual ensemble-KD target; with one teacher it is that
+teacher's logits, so single-teacher KD is unchanged.
 """
 from __future__ import annotations
 
@@ -32,7 +36,7 @@ def make(cfg: ml_collections.ConfigDict) -> base.Method:
   def loss(params, state, student_out, teacher_out, batch, progress):
     del params, progress
     ce = base.cross_entropy(student_out[0], batch["label"])
-    kd = kd_loss(student_out[0], teacher_out[0], t)
+    kd = kd_loss(student_out[0], base.ensemble_logits(teacher_out), t)
     return w_ce * ce + w_kd * kd, {"loss_ce": ce, "loss_kd": kd}, state
 
-  return base.Method(name="kd", needs_teacher=True, loss=loss)
+  return base.Method(name="kd", needs_teacher=True, loss=loss, multi_teacher=True)
