@@ -59,9 +59,19 @@ def _method_config(method: str, pair: str):
   return module.get_config(pair)
 
 
+# The runner's teacher job (experiments/reproduce.py): phase 1 alone, one teacher per pair.
+TEACHER_JOB = "{pair},teacher"
+TEACHER_DIR = "{dataset}_{teacher}_sftn_{student}"
+
+
 def get_config(arg: str = DEFAULT_PAIR):
-  """Phase-2 config for 'TEACHER,STUDENT[,METHOD]' whose teacher is trained by SFTN first."""
+  """Phase-2 config for 'TEACHER,STUDENT[,METHOD]' whose teacher is trained by SFTN first.
+
+  'TEACHER,STUDENT,teacher' is phase 1 alone (the SFTN teacher run), for job runners.
+  """
   parts = [p.strip() for p in (arg or DEFAULT_PAIR).split(",")]
+  if len(parts) == 3 and parts[2] == "teacher":
+    return recipes.teacher_config(get_config(",".join(parts[:2])))
   if len(parts) not in (2, 3):
     raise UserError(f"configs/sftn_cifar.py takes 'TEACHER,STUDENT[,METHOD]', got {arg!r}; valid "
                     f"pairs: {', '.join(PAIRS)}.")

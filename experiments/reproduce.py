@@ -65,7 +65,21 @@ TABLES: dict[str, tuple[str, ...]] = {
     # ReviewKD's ablations (MLRC 2021 report): two pairs by default; resnet56,resnet20 (the pair of
     # the report's component table) on request (--pairs).
     "reviewkd_ablation": ("resnet32x4,resnet8x4", "wrn_40_2,wrn_16_2", "resnet56,resnet20"),
+    # The DKD paper's ImageNet table (protocol.md §4.4): configs/<method>_imagenet.py, teachers
+    # from torchvision's checkpoints named in those configs.
+    "imagenet": ("imagenet_resnet34,imagenet_resnet18", "imagenet_resnet50,imagenet_mobilenetv1"),
+    # Seed papers: SFTN (KD from the standard vs the student-friendly teacher), FKD (vs KD) and
+    # the online methods (AFD vs DML and KDCL; a "pair" is the two networks trained together).
+    "sftn": ("resnet32x4,resnet8x4", "wrn_40_2,wrn_16_2", "vgg13,vgg8", "resnet32x4,ShuffleV2"),
+    "fkd": ("resnet32x4,resnet8x4", "wrn_40_2,wrn_16_2", "vgg13,vgg8", "resnet32x4,ShuffleV2"),
+    "afd": ("resnet32,resnet32",),
 }
+# The methods a table runs when --methods is not given (default: kd,dkd).
+TABLE_DEFAULT_METHODS = {"imagenet": "kd,dkd", "sftn": "kd,sftn", "fkd": "kd,fkd", "afd": "dml,kdcl,afd"}
+# Which config files a table's methods come from (default: configs/<method>_cifar.py).
+TABLE_CONFIG_SUFFIX = {"imagenet": "_imagenet"}
+# The config whose epochs are the table's protocol length (default: the CIFAR teacher recipe).
+TABLE_PROTOCOL_CONFIG = {"imagenet": "configs/kd_imagenet.py:", "afd": "configs/afd_cifar.py:"}
 # The pairs a table runs when --pairs is not given (default: all of TABLES[table]).
 TABLE_DEFAULT_PAIRS = {"reviewkd_ablation": ("resnet32x4,resnet8x4", "wrn_40_2,wrn_16_2")}
 # Variant tables: one pair, one config whose argument names the row. The config has ROWS (the
@@ -81,7 +95,7 @@ ABLATION_TABLES = {"reviewkd_ablation": "configs/reviewkd_cifar.py"}
 # Stands for the pair in a MethodSpec.config_arg shared by several pairs.
 PAIR_PLACEHOLDER = "{pair}"
 # The dataset each table is defined on (config.data.name=... overrides it).
-TABLE_DATASETS = {"tiny_cnn_dkd": "cifar10"}
+TABLE_DATASETS = {"tiny_cnn_dkd": "cifar10", "imagenet": "imagenet2012"}
 TABLE_TITLES = {
     "cifar100_same_arch": "CIFAR-100, teacher and student of the same architecture family "
                           "(DKD paper; protocol.md §4.1)",
@@ -91,6 +105,13 @@ TABLE_TITLES = {
                     "(shared/seeds/004; configs/tiny_cnn_cifar10.py)",
     "reviewkd_ablation": "CIFAR-100, ReviewKD ablations: ABF, what feeds the next level, HCL, review "
                          "(MLRC 2021 report, shared/seeds/000; configs/reviewkd_cifar.py)",
+    "imagenet": "ImageNet, KD and DKD (DKD paper; protocol.md §4.4; configs/<method>_imagenet.py)",
+    "sftn": "CIFAR-100, SFTN: KD from the standard teacher (`kd`) vs from the student-friendly "
+            "teacher (`sftn`) (shared/seeds/001; configs/sftn_cifar.py)",
+    "fkd": "CIFAR-100, FKD vs KD (shared/seeds/002; configs/fkd_cifar.py)",
+    "afd": "CIFAR-100, online distillation: AFD vs DML and KDCL, two networks trained together "
+           "(shared/seeds/003; configs/afd_cifar.py); cells are the ensemble's top-1, results.json "
+           "has each network's",
 }
 # What the "paper" column is, per table (default: the DKD-paper tables' text).
 PAPER_NOTES = {
@@ -150,14 +171,16 @@ class MethodSpec:
   uses_teacher: bool = True      # False: the student trained alone (no teacher job needed)
   config_arg: str = ""           # the config's argument for the student jobs ('' : the pair)
   teacher_config: str = ""       # 'path:arg' of the teacher job ('' : configs/teacher_cifar.py:ARCH)
+  teacher_job: bool = True       # False: the config names the teacher's checkpoint (ImageNet)
+  teacher_dir: str = ""          # teacher workdir name pattern ('' : '{dataset}_{teacher}')
   notes: dict[str, str] = dataclasses.field(default_factory=dict)  # pair -> note on the published number
 
 
-def available_methods(config_dir: str = CONFIG_DIR) -> dict[str, str]:
-  """Method name -> config path (relative to ROOT) for every `configs/<method>_cifar.py` but the teacher's."""
+def available_methods(config_dir: str = CONFIG_DIR, suffix: str = "_cifar") -> dict[str, str]:
+  """Method name -> config path (relative to ROOT) for every `configs/<method><suffix>.py` but the teacher's."""
   found = {}
-  for path in sorted(glob.glob(os.path.join(config_dir, "*_cifar.py"))):
-    name = os.path.basename(path)[:-len("_cifar.py")]
+  for path in sorted(glob.glob(os.path.join(config_dir, f"*{suffix}.py"))):
+    name = os.path.basename(path)[:-len(f"{suffix}.py")]
     if name != "teacher":
       found[name] = os.path.relpath(path, ROOT)
   return found
@@ -188,22 +211,40 @@ def metric_of(name: str, module: Optional[ModuleType]) -> str:
   return "unknown"
 
 
-def method_spec(name: str, table_pairs: Sequence[str], config_dir: str = CONFIG_DIR) -> MethodSpec:
-  """The spec of `name` ('vanilla' or a `configs/<name>_cifar.py` with PAIRS and REPORTED)."""
+def method_spec(name: str, table_pairs: Sequence[str], config_dir: str = CONFIG_DIR,
+                suffix: str = "_cifar") -> MethodSpec:
+  """The spec of `name` ('vanilla' or a `configs/<name><suffix>.py` with PAIRS and REPORTED).
+
+  How its jobs get a teacher follows from its config: none for a method without one
+  (online methods: the pair is the networks trained together, the config's argument); the
+  checkpoint the config names (ImageNet: torchvision's teachers); the config's own teacher
+  job when it declares `TEACHER_JOB` (an argument, `{pair}` standing for the pair) and
+  `TEACHER_DIR` (SFTN's student-friendly teacher, one per pair); else the teacher recipe.
+  """
   if name == "vanilla":
     reported = {p: STUDENT_REPORTED[p.split(",")[1]] for p in table_pairs
                 if p.split(",")[1] in STUDENT_REPORTED}
     return MethodSpec("vanilla", TEACHER_CONFIG, tuple(table_pairs), reported, "last", uses_teacher=False)
-  configs = available_methods(config_dir)
+  configs = available_methods(config_dir, suffix)
   if name not in configs:
-    raise ValueError(f"unknown method {name!r}; methods with a configs/<method>_cifar.py: "
+    raise ValueError(f"unknown method {name!r}; methods with a configs/<method>{suffix}.py: "
                      f"{', '.join(['vanilla', *configs])}")
   module = load_config_module(configs[name])
   if not hasattr(module, "PAIRS"):
     raise ValueError(f"{configs[name]} has no PAIRS table, so it cannot be part of a paper table")
   pairs = tuple(p for p in table_pairs if p in module.PAIRS)
+  extra = {}
+  if pairs:
+    from kdjax import methods  # pylint: disable=import-outside-toplevel
+    config = module.get_config(pairs[0])
+    if not methods.get(config.method, config).needs_teacher:
+      extra = {"uses_teacher": False, "config_arg": PAIR_PLACEHOLDER}
+    elif config.teacher.checkpoint:
+      extra = {"teacher_job": False}
+    elif hasattr(module, "TEACHER_JOB"):
+      extra = {"teacher_config": f"{configs[name]}:{module.TEACHER_JOB}", "teacher_dir": module.TEACHER_DIR}
   return MethodSpec(name, configs[name], pairs, dict(getattr(module, "REPORTED", {})),
-                    metric_of(name, module), module)
+                    metric_of(name, module), module, **extra)
 
 
 def variant_specs(table: str, names: Optional[Sequence[str]] = None) -> list[MethodSpec]:
@@ -334,17 +375,28 @@ def plan(specs: Sequence[MethodSpec], seeds: int, root: str, overrides: dict[str
   # Per-job settings come first so that the user's overrides (e.g. progress_bar) win.
   common = {"config.progress_bar": "False"}
   teachers: dict[str, Job] = {}
+
+  def teacher_of(spec: MethodSpec, pair: str) -> tuple[str, str]:
+    """(teacher job's workdir, its config argument) for `pair` under `spec`."""
+    arch, student = pair.split(",")
+    if spec.teacher_dir:
+      workdir = os.path.join(root, "teachers", spec.teacher_dir.format(dataset=dataset, teacher=arch,
+                                                                      student=student))
+    else:
+      workdir = teacher_workdir(root, dataset, arch)
+    config_arg = (spec.teacher_config or f"{TEACHER_CONFIG}:{arch}").replace(PAIR_PLACEHOLDER, pair)
+    return workdir, config_arg
+
   for spec in specs:
-    if not spec.uses_teacher:
+    if not spec.uses_teacher or not spec.teacher_job:
       continue
     for pair in spec.pairs:
       arch = pair.split(",")[0]
-      if arch in teachers:
+      workdir, config_arg = teacher_of(spec, pair)
+      if workdir in teachers:
         continue
       fields = {**common, "config.seed": "0", **teacher_overrides(overrides)}
-      workdir = teacher_workdir(root, dataset, arch)
-      config_arg = spec.teacher_config or f"{TEACHER_CONFIG}:{arch}"
-      teachers[arch] = Job(
+      teachers[workdir] = Job(
           "teacher", "teacher", arch, arch, 0, workdir,
           (f"--config={config_arg}", f"--workdir={workdir}", *_flags(fields)),
           _epochs(_config_epochs(config_arg), fields), name=os.path.relpath(workdir, root))
@@ -356,15 +408,19 @@ def plan(specs: Sequence[MethodSpec], seeds: int, root: str, overrides: dict[str
         workdir = run_workdir(root, spec.name, pair, seed)
         fields = {**common, "config.seed": str(seed)}
         if not spec.uses_teacher:
-          config_arg, needs = f"{spec.config}:{spec.config_arg or student}", None
+          arg = (spec.config_arg or student).replace(PAIR_PLACEHOLDER, pair)
+          config_arg, needs = f"{spec.config}:{arg}", None
+        elif not spec.teacher_job:
+          config_arg, needs = f"{spec.config}:{(spec.config_arg or pair).replace(PAIR_PLACEHOLDER, pair)}", None
         else:
           config_arg = f"{spec.config}:{(spec.config_arg or pair).replace(PAIR_PLACEHOLDER, pair)}"
-          needs = teachers[teacher].workdir
+          needs = teachers[teacher_of(spec, pair)[0]].workdir
           # The checkpoint makes the job read the teacher job's finished run (a missing one is an
           # error, not a second teacher trained concurrently); auto_workdir names the same place,
           # so the command without the checkpoint flag trains and shares the teacher there.
           fields["config.teacher.checkpoint"] = needs
-          fields["config.teacher.auto_workdir"] = os.path.join(root, "teachers", "{dataset}_{arch}")
+          fields["config.teacher.auto_workdir"] = needs if spec.teacher_dir else os.path.join(
+              root, "teachers", "{dataset}_{arch}")
         default_epochs = _config_epochs(config_arg)
         fields.update(overrides)
         if any(j.workdir == workdir for j in students):  # vanilla: one run per student
@@ -735,7 +791,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   try:
     pairs = table_pairs(args.table, args.pairs)
     overrides = parse_overrides(args.override)
-    default_methods = "" if args.table in VARIANT_TABLES or args.table in ABLATION_TABLES else "kd,dkd"
+    default_methods = ("" if args.table in VARIANT_TABLES or args.table in ABLATION_TABLES
+                       else TABLE_DEFAULT_METHODS.get(args.table, "kd,dkd"))
     names = list(dict.fromkeys(m.strip() for m in (args.methods or default_methods).split(",")
                                if m.strip()))
     if args.table in VARIANT_TABLES:
@@ -743,7 +800,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     elif args.table in ABLATION_TABLES:
       specs = ablation_specs(args.table, names, pairs)
     else:
-      specs = [method_spec(name, pairs) for name in names]
+      specs = [method_spec(name, pairs, suffix=TABLE_CONFIG_SUFFIX.get(args.table, "_cifar"))
+               for name in names]
   except ValueError as e:
     print(f"reproduce: error: {e}", file=sys.stderr)
     return 2
@@ -774,6 +832,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     log("summary: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
   if args.table in VARIANT_TABLES:
     protocol_epochs = int(load_config_module(VARIANT_TABLES[args.table]).EPOCHS)
+  elif args.table in TABLE_PROTOCOL_CONFIG:
+    protocol_epochs = _config_epochs(TABLE_PROTOCOL_CONFIG[args.table])
   else:
     protocol_epochs = int(load_config_module(TEACHER_CONFIG).get_config("resnet20").epochs)
   cells = collect(specs, pairs, args.seeds, root, dataset, jobs)

@@ -7,6 +7,7 @@ seconds. `test_real_trainer_on_mocked_cifar` runs one real job through
 tests/mocked_main.py to pin the contract between the runner and the trainer.
 """
 import csv
+import glob
 import json
 import os
 import statistics
@@ -253,11 +254,12 @@ def test_failed_teacher_blocks_its_students_and_other_length_runs_are_refused(tm
       "teachers/cifar100_resnet110", "runs/kd/resnet110_resnet20/seed0"}
 
 
-def test_real_trainer_on_mocked_cifar(tmp_path, monkeypatch, capsys):
-  """One real KD job (vgg13 -> vgg8, the table's smallest pair) through tests/mocked_main.py.
+def test_real_trainer_two_methods_two_seeds_on_mocked_cifar(tmp_path, monkeypatch, capsys):
+  """KD and DKD x 2 seeds (vgg13 -> vgg8) with the real trainer through tests/mocked_main.py.
 
-  The teacher directory is made here from an untrained vgg13 (its job is then skipped as
-  finished), which keeps the test to one trainer process on CPU.
+  The table's means/stds equal those of the runs' results.json, a rerun runs nothing, and the
+  plots are PNGs. The teacher directory is made here from an untrained vgg13 (its job is then
+  skipped as finished), which keeps the test to four short trainer processes on CPU.
   """
   import jax  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
@@ -277,25 +279,56 @@ def test_real_trainer_on_mocked_cifar(tmp_path, monkeypatch, capsys):
   monkeypatch.setenv("KDJAX_MOCK_EXAMPLES", "64")
   monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "3")
   monkeypatch.setenv("JAX_PLATFORMS", "cpu")
-  args = ["--methods=kd", "--seeds=1", "--pairs=vgg13,vgg8", f"--workdir={root}",
-          "--launcher=python tests/mocked_main.py", "--override=config.epochs=1",
+  args = ["--methods=kd,dkd", "--seeds=2", "--pairs=vgg13,vgg8", f"--workdir={root}", "--jobs=2",
+          "--launcher=python tests/mocked_main.py", "--override=config.epochs=2",
           "--override=config.batch_size=32", "--override=config.eval_batch_size=64",
           "--override=config.teacher.train_epochs=1"]
   assert reproduce.main(args) == 0, open(os.path.join(root, "logs/runs/kd/vgg13_vgg8/seed0.log")).read()[-3000:]
-  run = os.path.join(root, "runs", "kd", "vgg13_vgg8", "seed0")
-  results = json.load(open(os.path.join(run, "results.json")))
-  assert (results["method"], results["teacher"], results["student"], results["epochs"], results["seed"]) == (
-      "kd", "vgg13", "vgg8", 1, 0)
+  rows = {r["method"]: r for r in _csv(root)}
+  for method in ("kd", "dkd"):
+    results = [json.load(open(os.path.join(root, "runs", method, "vgg13_vgg8", f"seed{k}", "results.json")))
+               for k in range(2)]
+    assert [(r["method"], r["teacher"], r["student"], r["epochs"], r["seed"]) for r in results] == [
+        (method, "vgg13", "vgg8", 2, k) for k in range(2)]
+    for metric in ("best", "last"):
+      values = [r[f"{metric}_top1"] for r in results]
+      assert float(rows[method][f"{metric}_mean"]) == pytest.approx(statistics.mean(values), abs=1e-4)
+      assert float(rows[method][f"{metric}_std"]) == pytest.approx(statistics.stdev(values), abs=1e-4)
+    assert rows[method]["n"] == "2"
+  assert float(rows["kd"]["paper_top1"]) == 72.98 and float(rows["dkd"]["paper_top1"]) == 74.68
   assert "skip teachers/cifar100_vgg13" in open(os.path.join(root, "reproduce.log")).read()
-  row = next(r for r in _csv(root) if r["method"] == "kd")
-  assert float(row["best_mean"]) == pytest.approx(results["best_top1"], abs=1e-4)
-  assert float(row["last_mean"]) == pytest.approx(results["last_top1"], abs=1e-4)
-  assert row["best_std"] == "" and row["n"] == "1" and float(row["paper_top1"]) == 72.98
-  records = plot.read_metrics(os.path.join(run, "metrics.jsonl"))
-  assert [r["epoch"] for r in records] == [1] and "train_loss" in records[0]
+  # A rerun finds every job finished and runs nothing.
+  stamps = {p: os.path.getmtime(p) for p in glob.glob(os.path.join(root, "runs", "*", "*", "*", "results.json"))}
+  assert len(stamps) == 4 and reproduce.main(args) == 0
+  assert stamps == {p: os.path.getmtime(p) for p in stamps}
+  records = plot.read_metrics(os.path.join(root, "runs", "kd", "vgg13_vgg8", "seed0", "metrics.jsonl"))
+  assert [r["epoch"] for r in records] == [1, 2] and "train_loss" in records[0]
   capsys.readouterr()
   assert plot.main([root]) == 0
   assert all(open(p, "rb").read(8) == PNG_SIGNATURE for p in capsys.readouterr().out.split())
+
+
+def test_seed_paper_and_imagenet_tables_plan_their_teachers(tmp_path, capsys):
+  """ImageNet jobs read the configs' teacher checkpoints; SFTN plans one phase-1 teacher per pair;
+  online methods have no teacher and take the networks as their config argument."""
+  assert reproduce.main(["--table=imagenet", "--seeds=1", f"--workdir={tmp_path}/i", "--dry-run"]) == 0
+  out = capsys.readouterr().out
+  assert "[teacher]" not in out and "configs/dkd_imagenet.py:imagenet_resnet50,imagenet_mobilenetv1" in out
+  assert "--config.teacher.checkpoint" not in out and out.count("[student]") == 4
+  assert reproduce.main(["--table=sftn", "--seeds=1", "--pairs=vgg13,vgg8", f"--workdir={tmp_path}/s",
+                         "--dry-run"]) == 0
+  out = capsys.readouterr().out
+  assert "configs/sftn_cifar.py:vgg13,vgg8,teacher --workdir=" + f"{tmp_path}/s/teachers/cifar100_vgg13_sftn_vgg8" in out
+  assert "configs/teacher_cifar.py:vgg13" in out  # the standard teacher of the kd row
+  assert f"--config.teacher.checkpoint={tmp_path}/s/teachers/cifar100_vgg13_sftn_vgg8" in out
+  from kdjax import recipes  # pylint: disable=import-outside-toplevel
+  phase1 = reproduce.load_config_module("configs/sftn_cifar.py").get_config("vgg13,vgg8,teacher")
+  assert (phase1.method, phase1.model, phase1.sftn.student) == ("sftn", "vgg13", "vgg8")
+  del recipes
+  assert reproduce.main(["--table=afd", "--seeds=2", f"--workdir={tmp_path}/a", "--dry-run"]) == 0
+  out = capsys.readouterr().out
+  assert "[teacher]" not in out and out.count("[student]") == 6
+  assert "configs/afd_cifar.py:resnet32,resnet32 --workdir=" in out
 
 
 def test_reviewkd_ablation_dry_run_lists_every_ablation_on_both_pairs(tmp_path, capsys):
