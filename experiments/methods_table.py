@@ -15,7 +15,8 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 # Column order: the logit methods, then the seed paper ReviewKD, then the CRD-benchmark baselines.
-ORDER = ("kd", "dkd", "reviewkd", "fitnet", "at", "nst", "pkt", "sp", "rkd", "vid", "cc", "crd", "ofd")
+ORDER = ("kd", "dkd", "reviewkd", "fitnet", "at", "nst", "pkt", "sp", "rkd", "vid", "cc", "crd", "ofd", "ab",
+         "ft", "fsp", "fkd", "afd")
 
 
 def _configs() -> dict[str, object]:
