@@ -22,13 +22,13 @@ release trains differently:
   (63.0, 62.1, 66.7)/255) instead of CIFAR-100's;
 * its own teachers (trained with the same recipe), a random seed, best-epoch report.
 
-Append `,official` to the pair to get the release's batch, LR, Nesterov and LR
-milestones (also for an auto-trained teacher), equivalent to
-`--config.batch_size=128 --config.optim.lr=0.1 --config.optim.nesterov=True
---config.optim.lr_milestones="(151,181,211)"`. The teacher's train-mode BN and the
-CIFAR-10 constants are not config options of kdjax (train loop and data pipeline),
-so even `,official` differs from the release there; the kept short batch and the
-random seed are also not reproduced.
+Append `,official` to the pair to get the release's batch, LR, Nesterov, LR
+milestones (also for an auto-trained teacher) and teacher BatchNorm in train mode,
+equivalent to `--config.batch_size=128 --config.optim.lr=0.1
+--config.optim.nesterov=True --config.optim.lr_milestones="(151,181,211)"
+--config.teacher.bn_mode=batch_stats`. The CIFAR-10 constants are not a config
+option of kdjax's data pipeline, so even `,official` differs from the release there;
+the kept short batch and the random seed are also not reproduced.
 
 λ for vgg13,vgg8 / vgg13,MobileNetV2 / ResNet50,MobileNetV2 was never published
 (the release's CIFAR code cannot build those students); those pairs use the
@@ -155,6 +155,7 @@ def get_config(arg: str = DEFAULT_PAIR):
     c.optim.lr = official_lr(c.model)
     c.optim.nesterov = True
     c.optim.lr_milestones = OFFICIAL_LR_MILESTONES
+    c.teacher.bn_mode = "batch_stats"  # the release never calls teacher.eval()
     # The release trains its teachers with the same script (`script/baseline.sh`).
     c.teacher.train_lr = official_lr(c.teacher.arch)
     c.teacher.train_lr_milestones = OFFICIAL_LR_MILESTONES
