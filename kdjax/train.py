@@ -551,7 +551,7 @@ class Run:
 
 def build(config: ml_collections.ConfigDict, dataset: data_lib.Dataset, mesh: jax.sharding.Mesh,
           teacher_model=None, teacher_vars=None, *, method: Optional[methods_lib.Method] = None,
-          teacher_inputs=None, main_optimizer=None) -> Run:
+          teacher_inputs=None, main_optimizer=None, main_learning_rate=None) -> Run:
   """Initial state and jitted step/eval functions for `config` on `mesh` (state replicated, batch sharded).
 
   `teacher_model`/`teacher_vars` are one teacher or lists (an ensemble);
@@ -568,6 +568,8 @@ def build(config: ml_collections.ConfigDict, dataset: data_lib.Dataset, mesh: ja
     raise UserError(f"config.batch_size={config.batch_size} exceeds the {num_train} training images.")
   lr_fn = create_learning_rate_fn(config, steps_per_epoch)
   tx = create_optimizers(config, method, lr_fn, steps_per_epoch, main_optimizer)
+  if main_learning_rate is not None:
+    lr_fn = main_learning_rate(steps_per_epoch)  # what the main pass's own optimizer follows
 
   init_key, data_key, aug_key = jax.random.split(jax.random.key(config.seed), 3)
   first_teacher_vars = _as_list(teacher_vars)[0] if teacher_vars is not None else None
@@ -753,7 +755,8 @@ def _run_prestage(config, method: methods_lib.Method, dataset, mesh, workdir: st
   pre_config.epochs = prestage.epochs
   teacher_model, teacher_vars, _, teacher_inputs = teachers
   run = build(pre_config, dataset, mesh, teacher_model, teacher_vars, method=pre_method,
-              teacher_inputs=teacher_inputs, main_optimizer=update.optimizer)
+              teacher_inputs=teacher_inputs, main_optimizer=update.optimizer,
+              main_learning_rate=update.learning_rate)
   directory = os.path.join(workdir, "prestage")
   checkpoints = _Checkpoints(os.path.join(directory, "checkpoints"))
   state, history = run.state, _new_history()

@@ -135,7 +135,8 @@ def _register_prestage_method():
   @methods.registry.register("test_prestage")
   def make(cfg):
     del cfg
-    update = base.Update(pre_loss, trains=base.trains_method, optimizer=lambda steps: optax.sgd(0.1))
+    update = base.Update(pre_loss, trains=base.trains_method, optimizer=lambda steps: optax.sgd(0.1),
+                         learning_rate=lambda steps: optax.constant_schedule(0.1))
     return base.Method(name="test_prestage", needs_teacher=False, loss=_ce_loss, init=_init_w,
                        trains=lambda path: path[0] == "student", prestage=base.Prestage(2, update))
 
@@ -150,6 +151,7 @@ def test_prestage_runs_once_and_seeds_the_main_training(tmp_path):
   assert results["epochs"] == 1
   pre = [json.loads(l) for l in open(os.path.join(workdir, "prestage", "metrics.jsonl"))]
   assert len(pre) == 2 and pre[1]["train_loss_pre"] < pre[0]["train_loss_pre"]
+  assert pre[0]["train_lr"] == pytest.approx(0.1)  # the prestage's own LR, not config.optim.lr (0.05)
   from kdjax import checkpoint  # the main run's final state: w came from the prestage, frozen since
   ckpt = train._Checkpoints(os.path.join(workdir, "checkpoints"))  # pylint: disable=protected-access
   run = train.build(config, data.load("digits"), train.make_mesh(jax.devices()[:1]),

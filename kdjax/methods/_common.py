@@ -137,6 +137,11 @@ def constant_lr_sgd(lr: float, momentum: float, weight_decay: float,
   return make
 
 
+def constant_lr(lr: float) -> Callable[[int], optax.Schedule]:
+  """`Update.learning_rate` of `constant_lr_sgd(lr, ...)`: what the prestage logs as its LR."""
+  return lambda steps_per_epoch: optax.constant_schedule(lr)
+
+
 def ce_only_loss(ce_weight: float) -> base.LossFn:
   """Main-stage loss of the initialisation-only methods (AB, FSP): `ce_weight * CE`, state as is."""
 

@@ -142,6 +142,7 @@ def make(cfg: ml_collections.ConfigDict) -> base.Method:
     lr = float(c.init_lr) or float(cfg.optim.lr)
     prestage = base.Prestage(int(c.init_epochs), base.Update(
         init_loss, _common.trains_student_features(cfg.model),
-        _common.constant_lr_sgd(lr, float(cfg.optim.momentum), float(cfg.optim.weight_decay))))
+        _common.constant_lr_sgd(lr, float(cfg.optim.momentum), float(cfg.optim.weight_decay)),
+        learning_rate=_common.constant_lr(lr)))
   return base.Method(name="ab", needs_teacher=True, loss=_common.ce_only_loss(float(c.ce_weight)),
                      init=init, trains=_common.trains_student, prestage=prestage)

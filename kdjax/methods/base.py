@@ -75,6 +75,9 @@ class Update:
   loss: LossFn
   trains: Callable[[ParamPath], bool] = trains_all
   optimizer: Optional[Callable[[int], Any]] = None
+  # The LR schedule `optimizer(steps_per_epoch)` follows, as `learning_rate(steps_per_epoch)`:
+  # what a prestage logs as its `lr` (None: the run's schedule).
+  learning_rate: Optional[Callable[[int], Any]] = None
 
 
 @dataclasses.dataclass(frozen=True)

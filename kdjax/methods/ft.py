@@ -178,6 +178,7 @@ def make(cfg: ml_collections.ConfigDict) -> base.Method:
     lr = float(c.init_lr) or float(cfg.optim.lr)
     prestage = base.Prestage(int(c.init_epochs), base.Update(
         init_loss, _trains_paraphraser,
-        _common.constant_lr_sgd(lr, float(cfg.optim.momentum), float(cfg.optim.weight_decay))))
+        _common.constant_lr_sgd(lr, float(cfg.optim.momentum), float(cfg.optim.weight_decay)),
+        learning_rate=_common.constant_lr(lr)))
   return base.Method(name="ft", needs_teacher=True, loss=main.loss, init=init,
                      trains=_trains_all_but_paraphraser, prestage=prestage)
