@@ -39,37 +39,16 @@ import jax.numpy as jnp
 import ml_collections
 
 from kdjax.errors import UserError
-from kdjax.methods import _common, base, registry
-from kdjax.models import layers
+from kdjax.methods import _common, base, fitnet, registry
 
 # RepDistiller's `ABLoss` rescaling: the sum over elements is divided by the batch and x 3/1000.
 _SCALE = 3.0 / 1000.0
 
 
-class Connector(nn.Module):
-  """RepDistiller `ConvReg(use_relu=False)` (NHWC): a conv picked by the shapes, then BN."""
-  s_shape: tuple[int, int, int]
-  t_shape: tuple[int, int, int]
-
-  @nn.compact
-  def __call__(self, x: jax.Array, train: bool = True) -> jax.Array:
-    (s_h, s_w, s_c), (t_h, t_w, t_c) = self.s_shape, self.t_shape
-    if s_h == 2 * t_h:
-      x = layers.conv(t_c, 3, stride=2, padding=1, use_bias=True, in_features=s_c, name="conv")(x)
-    elif 2 * s_h == t_h:
-      # ConvTranspose2d(k=4, s=2, p=1): a conv of the 2x-dilated input padded by k - 1 - p = 2.
-      # Kernel (4, 4, t_c, s_c); PyTorch's fan-in of a transposed conv is t_c * 16.
-      x = nn.ConvTranspose(t_c, (4, 4), strides=(2, 2), padding=((2, 2), (2, 2)),
-                           transpose_kernel=True, kernel_init=layers.torch_default_kernel_init,
-                           bias_init=layers.torch_default_bias_init(t_c * 16), name="conv")(x)
-    elif s_h >= t_h:
-      kh, kw = 1 + s_h - t_h, 1 + s_w - t_w
-      x = nn.Conv(t_c, (kh, kw), padding="VALID", kernel_init=layers.torch_default_kernel_init,
-                  bias_init=layers.torch_default_bias_init(s_c * kh * kw), name="conv")(x)
-    else:
-      raise UserError(f"AB's connector cannot map a {s_h}x{s_w} student map onto a {t_h}x{t_w} "
-                      "teacher map (the teacher's may be at most twice as large).")
-    return layers.batch_norm(train, name="bn")(x)
+def Connector(s_shape: tuple[int, int, int], t_shape: tuple[int, int, int]) -> nn.Module:  # pylint: disable=invalid-name
+  """RepDistiller `ConvReg(use_relu=False)` (NHWC): FitNet's regressor without the ReLU."""
+  return fitnet.ConvReg(tuple(s_shape), tuple(t_shape), use_relu=False, method="AB",
+                        fix="the pair's stage maps are not supported by RepDistiller's connector.")
 
 
 def needs_connector(s_shape: tuple[int, ...], t_shape: tuple[int, ...]) -> bool:

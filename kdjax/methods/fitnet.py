@@ -30,9 +30,15 @@ from kdjax.models import layers
 
 
 class ConvReg(nn.Module):
-  """The hint regressor (NHWC): a conv picked by the two maps' (H, W, C) shapes, BN, ReLU."""
+  """The hint regressor (NHWC): a conv picked by the two maps' (H, W, C) shapes, BN, ReLU.
+
+  `use_relu=False` is RepDistiller's `ConvReg(use_relu=False)`, AB's connector.
+  """
   s_shape: tuple[int, int, int]
   t_shape: tuple[int, int, int]
+  use_relu: bool = True
+  method: str = "FitNet"
+  fix: str = "choose another --config.fitnet.hint_layer."
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = True) -> jax.Array:
@@ -50,10 +56,10 @@ class ConvReg(nn.Module):
       x = nn.Conv(t_c, (kh, kw), padding="VALID", kernel_init=layers.torch_default_kernel_init,
                   bias_init=layers.torch_default_bias_init(s_c * kh * kw), name="conv")(x)
     else:
-      raise UserError(f"FitNet's regressor cannot map a {s_h}x{s_w} student map onto a {t_h}x{t_w} "
-                      "teacher map (the teacher must be at most twice as large); choose another "
-                      "--config.fitnet.hint_layer.")
-    return nn.relu(layers.batch_norm(train, name="bn")(x))
+      raise UserError(f"{self.method}'s regressor cannot map a {s_h}x{s_w} student map onto a "
+                      f"{t_h}x{t_w} teacher map (the teacher must be at most twice as large); {self.fix}")
+    x = layers.batch_norm(train, name="bn")(x)
+    return nn.relu(x) if self.use_relu else x
 
 
 def _hint_pair(student_feats: dict[str, Any], teacher_feats: dict[str, Any],
