@@ -1,12 +1,11 @@
 """KDSVD: Self-supervised KD using Singular Value Decomposition (Lee, Kim, Song; ECCV 2018).
 
-The PyTorch port in RepDistiller (`distiller_zoo/KDSVD.py`) and mdistiller (`KDSVD.py`),
-on the post-ReLU stage outputs `feats[1:]` paired in order up to the shorter list:
+kdjax follows mdistiller's port (`mdistiller/distillers/KDSVD.py`), on the post-ReLU stage
+outputs `feats[1:]` paired in order up to the shorter list:
 
-* each map, NCHW, is viewed as (B, C*H, W) (the port's `feat.view(B, C * H, W)`; the
-  original TensorFlow code's (B, H*W, C) became this in the port, and the port's numbers
-  are what the references run), and SVD'd: right singular vectors V (B, W, W), singular
-  values s (B, W);
+* each map, NCHW, is viewed as (B, C*H, W) (mdistiller's `feat.view(B, C * H, W)`) and
+  SVD'd: right singular vectors V (B, W, W), singular values s (B, W), so the singular
+  vectors live on the map width;
 * teacher: the top k = 1 vectors and values, student: the top k + 3; vectors normalised
   along W (`F.normalize(dim=1)`), the teacher's values normalised over its k;
 * alignment: each teacher vector gets the student vector of largest |cosine|, times the
@@ -17,6 +16,18 @@ on the post-ReLU stage outputs `feats[1:]` paired in order up to the shorter lis
 
 L = w_ce * CE + w_svd * L_svd; CIFAR-100 (mdistiller `cfg.KDSVD`, `configs/cifar100/kdsvd.yaml`):
 CE 1, KDSVD 1, k = 1. No CIFAR-100 number has been published for KDSVD.
+
+RepDistiller's port (`distiller_zoo/KDSVD.py`) views each map differently: as
+(B, H*W, C) (`feat.view(B, C, H * W).transpose(-2, -1)`, the original TensorFlow layout), an
+SVD over channels whose vectors live on C. On the same batch its loss differs from
+mdistiller's by orders of magnitude (about 200x on random post-ReLU maps of resnet8x4's
+stage shapes), and it needs equal teacher and student channel counts
+instead of equal widths. kdjax does not offer it as a variant: at the last CIFAR stage
+H*W < C (64 < 256 for resnet8x4), where the right singular vectors are not the full
+eigenbasis that `svd_right`'s gradient formula below is written for.
+
+On the CPU the six SVDs of a step are chained so that no two run at once: concurrent
+LAPACK SVDs deadlock XLA:CPU in jaxlib 0.10 (kdjax/linalg.py). Values are unchanged.
 
 kdjax differences, both about numerics the reference leaves undefined:
 * The sign of a singular vector is arbitrary (LAPACK's choice: CPU and GPU PyTorch can
@@ -40,6 +51,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from kdjax import linalg
 from kdjax.errors import UserError
 from kdjax.methods import _common, base, registry
 
@@ -82,15 +94,18 @@ def _canonical_sign(v: jax.Array) -> jax.Array:
   return v * jnp.where(top < 0, -1.0, 1.0).astype(v.dtype)
 
 
-def stage_svd(f: jax.Array, n: int) -> tuple[jax.Array, jax.Array]:
-  """(top-n normalised right singular vectors (B, W, n'), their values normalised (B, n')), n' = min(n, W)."""
+def stage_svd(f: jax.Array, n: int, after: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+  """(top-n normalised right singular vectors (B, W, n'), their values normalised (B, n')), n' = min(n, W).
+
+  On the CPU the SVD starts only once `after` (the previous SVD's output) exists: see `kdjax.linalg`.
+  """
   b, h, w, c = f.shape
   f = base.at_least_f32(f)
   f = jnp.where(jnp.isfinite(f), f, 0.0)
   x = jnp.transpose(f, (0, 3, 1, 2)).reshape(b, c * h, w)  # torch's NCHW .view(B, C*H, W)
   if c * h < w:
     raise UserError(f"KDSVD needs C*H >= W for its (B, C*H, W) SVD; got a {h}x{w}x{c} map.")
-  s, v = svd_right(x)
+  s, v = svd_right(linalg.after(x, after))
   v = _common.l2_normalize(_canonical_sign(v[:, :, :n]), axis=1)
   return v, _common.l2_normalize(s[:, :n], axis=1)
 
@@ -110,13 +125,16 @@ def _rbf(v: jax.Array, v_prev: jax.Array) -> jax.Array:
 
 def kdsvd_loss(g_s: Sequence[jax.Array], g_t: Sequence[jax.Array], k: int) -> jax.Array:
   """Sum over consecutive stage pairs of sum (rbf_S - rbf_T)^2 / B (teacher maps constant)."""
-  total, prev = jnp.float32(0.0), None
+  total, prev, last_svd = jnp.float32(0.0), None, None
   for f_s, f_t in zip(g_s, g_t):
     if f_s.shape[2] != f_t.shape[2]:
       raise UserError(f"KDSVD aligns singular vectors over the map width: the student's {f_s.shape[1:3]} "
                       f"and the teacher's {f_t.shape[1:3]} maps of a stage must be equally wide.")
-    v_t, s_t = stage_svd(jax.lax.stop_gradient(f_t), k)
-    v_s, _ = stage_svd(f_s, k + 3)
+    # The stages' SVDs are chained (teacher, student, next teacher, ...) so that they never run
+    # concurrently: concurrent LAPACK SVDs deadlock XLA:CPU (kdjax/linalg.py, issue 16).
+    v_t, s_t = stage_svd(jax.lax.stop_gradient(f_t), k, after=last_svd)
+    v_s, s_s = stage_svd(f_s, k + 3, after=s_t)
+    last_svd = s_s
     v_s = align(v_s, v_t)
     scale = jax.lax.stop_gradient(s_t)[:, None, :]
     v_t, v_s = v_t * scale, v_s * scale
