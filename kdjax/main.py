@@ -1,5 +1,8 @@
 """Command line: `python -m kdjax.main --config=configs/dkd_cifar.py[:TEACHER,STUDENT] [--workdir=DIR]`.
 
+`kdjax train ...` (the console script, kdjax/cli.py) is the same command. A --config that is
+not a file names a config shipped with kdjax: `--config=dkd_cifar.py` from any directory.
+
 A thin absl wrapper around `kdjax.train.train_and_evaluate`, which Colab users and
 tests call directly. Any field can be overridden: `--config.optim.lr=0.1`.
 
@@ -44,6 +47,27 @@ def _fail(message: str) -> None:
   sys.exit(2)
 
 
+def bundled_configs_dir() -> str:
+  """Where the configs shipped with kdjax live: kdjax/configs when installed, else the repo's configs/."""
+  here = os.path.dirname(os.path.abspath(__file__))
+  installed = os.path.join(here, "configs")
+  return installed if os.path.isdir(installed) else os.path.join(os.path.dirname(here), "configs")
+
+
+def resolve_config_arg(spec: str) -> str:
+  """`PATH[:ARG]` unchanged where PATH is a file, else the shipped config of that file name."""
+  path, sep, arg = spec.partition(":")
+  if os.path.exists(path):
+    return spec
+  bundled = os.path.join(bundled_configs_dir(), os.path.basename(path))
+  return bundled + sep + arg if os.path.isfile(bundled) else spec
+
+
+def _resolve_config_flag(argv: list[str]) -> list[str]:
+  return [f"--config={resolve_config_arg(a.split('=', 1)[1])}" if a.startswith("--config=") else a
+          for a in argv]
+
+
 def _load_config_from_argv(argv: list[str]):
   """The config named by --config=PATH[:ARG] in `argv`, built without overrides (or None)."""
   spec = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
@@ -80,8 +104,9 @@ def _unknown_field(argv: list[str]) -> str | None:
   return None
 
 
-def _parse_flags(argv: list[str]) -> list[str]:
+def parse_flags(argv: list[str]) -> list[str]:
   """absl flag parsing, with config errors turned into one clear line and exit code 2."""
+  argv = _resolve_config_flag(argv)
   try:
     return flags.FLAGS(argv)
   except Exception as e:  # pylint: disable=broad-except
@@ -194,4 +219,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=_parse_flags)
+  app.run(main, flags_parser=parse_flags)

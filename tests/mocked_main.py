@@ -11,4 +11,4 @@ from kdjax import main  # noqa: E402
 
 if __name__ == "__main__":
   with tfds.testing.mock_data(num_examples=int(os.environ.get("KDJAX_MOCK_EXAMPLES", "128"))):
-    app.run(main.main, flags_parser=main._parse_flags)  # pylint: disable=protected-access
+    app.run(main.main, flags_parser=main.parse_flags)
