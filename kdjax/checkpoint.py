@@ -67,3 +67,37 @@ def load_model(path: str) -> tuple[dict[str, Any], dict[str, Any]]:
   with ocp.StandardCheckpointer() as ckptr:
     variables = ckptr.restore(os.path.join(path, MODEL_ITEMS))
   return variables, meta
+
+
+class TrainStateCheckpoints:
+  """The resumable state (latest epoch) as one Orbax manager keeping one step."""
+
+  def __init__(self, directory: str):
+    """Opens (or creates) the train-state directory `directory`."""
+    self._mgr = ocp.CheckpointManager(
+        os.path.abspath(directory), item_names=("state", "history"),
+        options=ocp.CheckpointManagerOptions(
+            preservation_policy=ocp.checkpoint_managers.LatestN(1), create=True))
+
+  def latest_epoch(self) -> int | None:
+    """The epoch of the saved state, or None when there is none."""
+    return self._mgr.latest_step()
+
+  def restore(self, target: Any) -> tuple[Any, dict]:
+    """(state shaped and sharded like `target`, the run's history) of the latest epoch."""
+    step = self._mgr.latest_step()
+    abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding), target)
+    restored = self._mgr.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract), history=ocp.args.JsonRestore()))
+    return restored["state"], restored["history"]
+
+  def save(self, epoch: int, state: Any, history: dict) -> None:
+    """Writes `state` and `history` as epoch `epoch`, replacing the previous one, and waits."""
+    self._mgr.save(epoch, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state), history=ocp.args.JsonSave(history)),
+                   force=True)
+    self._mgr.wait_until_finished()
+
+  def close(self) -> None:
+    """Releases the Orbax manager."""
+    self._mgr.close()

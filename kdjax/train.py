@@ -465,37 +465,6 @@ def _dtype(config: ml_collections.ConfigDict):
   return jnp.bfloat16 if config.dtype == "bfloat16" else None
 
 
-class _Checkpoints:
-  """The resumable state (latest epoch) as one Orbax manager keeping one step."""
-
-  def __init__(self, directory: str):
-    import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
-    self._ocp = ocp
-    self._mgr = ocp.CheckpointManager(
-        os.path.abspath(directory), item_names=("state", "history"),
-        options=ocp.CheckpointManagerOptions(
-            preservation_policy=ocp.checkpoint_managers.LatestN(1), create=True))
-
-  def latest_epoch(self) -> Optional[int]:
-    return self._mgr.latest_step()
-
-  def restore(self, target: TrainState) -> tuple[TrainState, dict]:
-    step = self._mgr.latest_step()
-    abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding), target)
-    restored = self._mgr.restore(step, args=self._ocp.args.Composite(
-        state=self._ocp.args.StandardRestore(abstract), history=self._ocp.args.JsonRestore()))
-    return restored["state"], restored["history"]
-
-  def save(self, epoch: int, state: TrainState, history: dict) -> None:
-    self._mgr.save(epoch, args=self._ocp.args.Composite(
-        state=self._ocp.args.StandardSave(state), history=self._ocp.args.JsonSave(history)),
-                   force=True)
-    self._mgr.wait_until_finished()
-
-  def close(self) -> None:
-    self._mgr.close()
-
-
 class _Writer:
   """TensorBoard scalars and a JSON-lines epoch log, from process 0 only."""
 
@@ -682,7 +651,7 @@ class _Fitter:
       correct = np.asarray(evaluate(variables, self.test_images, self.test_labels))
     return [100.0 * int(c) / self.num_test for c in correct.reshape(-1)]
 
-  def fit(self, state: TrainState, history: dict, checkpoints: "_Checkpoints", writer: "_Writer",
+  def fit(self, state: TrainState, history: dict, checkpoints: ckpt_lib.TrainStateCheckpoints, writer: "_Writer",
           on_epoch_end=None) -> tuple[TrainState, dict]:
     """Runs the remaining epochs; evaluates, logs and checkpoints after each."""
     config, run = self.config, self.run
@@ -758,7 +727,7 @@ def _run_prestage(config, method: methods_lib.Method, dataset, mesh, workdir: st
               teacher_inputs=teacher_inputs, main_optimizer=update.optimizer,
               main_learning_rate=update.learning_rate)
   directory = os.path.join(workdir, "prestage")
-  checkpoints = _Checkpoints(os.path.join(directory, "checkpoints"))
+  checkpoints = ckpt_lib.TrainStateCheckpoints(os.path.join(directory, "checkpoints"))
   state, history = run.state, _new_history()
   if checkpoints.latest_epoch() is not None:
     state, history = checkpoints.restore(state)
@@ -798,7 +767,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   t_start = time.time()  # a teacher trained on the way has its own results.json
 
   mesh = make_mesh(devices)
-  checkpoints = _Checkpoints(os.path.join(workdir, "checkpoints"))
+  checkpoints = ckpt_lib.TrainStateCheckpoints(os.path.join(workdir, "checkpoints"))
   prestaged = None
   if method.prestage is not None and checkpoints.latest_epoch() is None:
     prestaged = _run_prestage(config, method, dataset, mesh, workdir, teachers)

@@ -9,7 +9,7 @@ import numpy as np
 import optax
 import pytest
 
-from kdjax import data, methods, models, recipes, train
+from kdjax import checkpoint, data, methods, models, recipes, train
 from kdjax.methods import base
 
 
@@ -152,15 +152,14 @@ def test_prestage_runs_once_and_seeds_the_main_training(tmp_path):
   pre = [json.loads(l) for l in open(os.path.join(workdir, "prestage", "metrics.jsonl"))]
   assert len(pre) == 2 and pre[1]["train_loss_pre"] < pre[0]["train_loss_pre"]
   assert pre[0]["train_lr"] == pytest.approx(0.1)  # the prestage's own LR, not config.optim.lr (0.05)
-  from kdjax import checkpoint  # the main run's final state: w came from the prestage, frozen since
-  ckpt = train._Checkpoints(os.path.join(workdir, "checkpoints"))  # pylint: disable=protected-access
+  # the main run's final state: w came from the prestage, frozen since
+  ckpt = checkpoint.TrainStateCheckpoints(os.path.join(workdir, "checkpoints"))
   run = train.build(config, data.load("digits"), train.make_mesh(jax.devices()[:1]),
                     method=methods.get("test_prestage", config))
   state, _ = ckpt.restore(run.state)
   ckpt.close()
   w = np.asarray(state.params["method"]["w"])
   assert np.all(np.abs(w - 2.0) < 1.0) and not np.allclose(w, 1.0)  # moved towards 2 by the prestage
-  del checkpoint
   # A longer rerun resumes the main stage and leaves the finished prestage alone.
   mtime = os.path.getmtime(os.path.join(workdir, "prestage", "metrics.jsonl"))
   config.epochs = 2

@@ -662,7 +662,7 @@ _ENV = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3", PYTHONPAT
 _STEPS_SCRIPT = r"""
 import json, sys, tempfile
 import jax, numpy as np
-from kdjax import data, models, recipes, train
+from kdjax import checkpoint, data, models, recipes, train
 from kdjax.methods import base
 dataset = data.load("digits")
 images, labels = jax.numpy.asarray(dataset.train_images), jax.numpy.asarray(dataset.train_labels)
@@ -700,7 +700,7 @@ for method, teacher_arch, student, resume in json.loads(sys.argv[1]):
     r["z"] = [float(after[1]["z_s"]), float(after[1]["z_t"])]
   if resume:
     with tempfile.TemporaryDirectory() as tmp:
-      ckpt = train._Checkpoints(tmp)
+      ckpt = checkpoint.TrainStateCheckpoints(tmp)
       ckpt.save(1, state, {"epoch": 1})
       template = jax.tree.map(jax.numpy.copy, state)
       for _ in range(2):

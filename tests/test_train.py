@@ -213,7 +213,7 @@ def test_teacher_from_pth_and_wrong_teacher_refused(tmp_path):
 _TOPOLOGY_SCRIPT = r"""
 import sys, tempfile
 import jax, numpy as np
-from kdjax import data, recipes, train
+from kdjax import checkpoint, data, recipes, train
 config = recipes.base_config()
 config.method, config.model, config.batch_size = "vanilla", "simple_cnn_student", 16
 dataset = data.load("digits")
@@ -224,11 +224,11 @@ def fresh(n, seed):
 for src, dst in ((4, 1), (1, 4)):
   d = tempfile.mkdtemp()
   saved = fresh(src, 0)
-  ck = train._Checkpoints(d)
+  ck = checkpoint.TrainStateCheckpoints(d)
   ck.save(1, saved, {"epochs": [{"epoch": 1}]})
   ck.close()
   target = fresh(dst, 1)  # other values, the destination's shardings
-  restored, history = train._Checkpoints(d).restore(target)
+  restored, history = checkpoint.TrainStateCheckpoints(d).restore(target)
   assert history["epochs"] == [{"epoch": 1}]
   for a, b in zip(jax.tree.leaves(saved), jax.tree.leaves(restored)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
