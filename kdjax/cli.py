@@ -28,8 +28,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   if command == "train":
     from absl import app  # pylint: disable=import-outside-toplevel
     from kdjax import main as train_main  # pylint: disable=import-outside-toplevel
-    sys.argv = ["kdjax train", *rest]
-    app.run(train_main.main, flags_parser=train_main.parse_flags)
+    app.run(train_main.main, argv=["kdjax train", *rest], flags_parser=train_main.parse_flags)
     return 0
   if command == "convert":
     from kdjax.convert import __main__ as convert_main  # pylint: disable=import-outside-toplevel
