@@ -8,11 +8,11 @@ The argument names the networks, `NET1,NET2[,NET3...]` (any models of the zoo);
 top-1 is the ensemble's; results.json lists each network's top-1 and exports each as
 a model dir under `WORKDIR/members/`.
 
-AFD's own recipe, from the paper's experiment-setup text (shared/seeds/003), which
+AFD's own recipe, from the paper's experiment-setup text (docs/sources.md [S3]), which
 follows ONE's schedule: 300 epochs, batch 128, logit loss by SGD lr 0.1, momentum 0.9,
 weight decay 1e-4, x0.1 at epochs 150 and 225; the adversarial loss by Adam lr 2e-5,
 weight decay 1e-1, x0.1 at epochs 75 and 150 (`config.afd`, see kdjax/methods/afd.py
-for every ⚠ choice). methods.md §6.1's "weight decay 5e-4 ⚠, Adam decayed at
+for every ⚠ choice). docs/methods.md §6.1's "weight decay 5e-4 ⚠, Adam decayed at
 150/225 ⚠" are not the paper's text and are not used.
 
 REPORTED: the paper's ResNet-32 pair (Table 3, secondary summary ⚠): 74.03, against a

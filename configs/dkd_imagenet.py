@@ -1,6 +1,6 @@
 """DKD (Zhao et al., CVPR 2022) on ImageNet (TFDS imagenet2012): the paper's two pairs.
 
-mdistiller `configs/imagenet/{r34_r18,r50_mv1}/dkd.yaml` (methods.md §2.3): CE weight
+mdistiller `configs/imagenet/{r34_r18,r50_mv1}/dkd.yaml` (docs/methods.md §2.3): CE weight
 1, alpha 1, T=1, beta 0.5 (ResNet34 -> ResNet18) / 2.0 (ResNet50 -> MobileNetV1),
 warmup 1 epoch counted from 1 (factor 1 from the first epoch); the ImageNet recipe
 of configs/kd_imagenet.py (100 epochs, global batch 512, LR 0.2 x0.1 at 30/60/90,

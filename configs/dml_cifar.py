@@ -6,7 +6,7 @@
 The argument names the networks, `NET1,NET2[,NET3...]`; `config.model` becomes the
 cohort 'NET1+NET2[+...]'. Loss: CE + KL to every other peer at T = 1 (kdjax/methods/dml.py).
 
-Schedule: DML's own CIFAR-100 hyperparameters are not recorded (methods.md §7.15:
+Schedule: DML's own CIFAR-100 hyperparameters are not recorded (docs/methods.md §7.15:
 unknown), so the online configs share AFD's recipe (300 epochs, batch 128, SGD lr 0.1,
 momentum 0.9, weight decay 1e-4, x0.1 at 150/225), under which the AFD paper reports
 its DML baselines; DML, KDCL and AFD runs are then directly comparable.

@@ -1,12 +1,12 @@
 """KD (Hinton et al. 2015) on ImageNet (TFDS imagenet2012): mdistiller's two pairs.
 
-mdistiller `configs/imagenet/{r34_r18,r50_mv1}/kd.yaml` (methods.md §1, protocol.md
+mdistiller `configs/imagenet/{r34_r18,r50_mv1}/kd.yaml` (docs/methods.md §1, docs/protocol.md
 §2): T=1, CE weight 0.5, KD weight 0.5; 100 epochs, global batch 512, SGD momentum
 0.9, LR 0.2 x0.1 from epochs 30/60/90, weight decay 1e-4; bfloat16 compute (float32
 parameters, BatchNorm statistics and losses). Augmentation (RandomResizedCrop 224 +
 flip; eval Resize 256 + CenterCrop 224) runs in the tf.data pipeline
 (kdjax/data/imagenet.py), not in the step. BatchNorm statistics are over the global
-batch (mdistiller's DataParallel used 64 images per GPU; protocol.md §2).
+batch (mdistiller's DataParallel used 64 images per GPU; docs/protocol.md §2).
 
 The teacher is torchvision's pretrained ResNet34 / ResNet50 (v1 weights), never
 trained here: download the .pth into `teachers/` (or point
@@ -16,13 +16,13 @@ trained here: download the .pth into `teachers/` (or point
     python -m kdjax.main --config=configs/kd_imagenet.py:imagenet_resnet34,imagenet_resnet18 \
         --config.data.data_dir=/data/tfds --workdir=runs/kd_imagenet_r34_r18
 
-REPORTED: mdistiller README top-1 (best epoch, mean of 3 runs; protocol.md §4.4).
+REPORTED: mdistiller README top-1 (best epoch, mean of 3 runs; docs/protocol.md §4.4).
 """
 from kdjax import recipes
 
 DEFAULT_PAIR = "imagenet_resnet34,imagenet_resnet18"
 
-# torchvision v1 weights, the teachers of every ImageNet KD paper (protocol.md §2).
+# torchvision v1 weights, the teachers of every ImageNet KD paper (docs/protocol.md §2).
 TEACHER_CHECKPOINTS = {
     "imagenet_resnet34": "teachers/resnet34-333f7ec4.pth",
     "imagenet_resnet50": "teachers/resnet50-19c8e357.pth",
@@ -41,7 +41,7 @@ REPORTED_METRIC = "best"
 
 
 def imagenet_protocol(c):
-  """The mdistiller ImageNet recipe on a distillation config (protocol.md §2)."""
+  """The mdistiller ImageNet recipe on a distillation config (docs/protocol.md §2)."""
   c.data.name = "imagenet2012"
   # The tf.data pipeline crops and flips; no CIFAR padding-crop on top of it.
   c.data.crop_padding = 0

@@ -9,7 +9,7 @@ network trains on its own random crop/flip of the batch's images. Each distills 
 the peers' fused soft target (`config.kdcl.rule`: naive, linear, min_logit, mean;
 kdjax/methods/kdcl.py, where every ⚠ choice is written down).
 
-Schedule: KDCL's CIFAR-100 hyperparameters are not recorded (methods.md §7.16), so
+Schedule: KDCL's CIFAR-100 hyperparameters are not recorded (docs/methods.md §7.16), so
 the online configs share AFD's recipe (300 epochs, batch 128, SGD lr 0.1, momentum
 0.9, weight decay 1e-4, x0.1 at 150/225). No published number is recorded: REPORTED
 is empty.

@@ -9,7 +9,7 @@ teacher).
 
 REPORTED is the DKD paper's tables (mdistiller runs; mdistiller reports the best epoch).
 Entries listed in UNCONFIRMED are single readings of the DKD paper not confirmed by a
-second copy (methods.md §7.9 ⚠); the others are confirmed by the ND README. No OFD number
+second copy (docs/methods.md §7.9 ⚠); the others are confirmed by the ND README. No OFD number
 exists for resnet110,resnet20 or ResNet50,vgg8, so those pairs are not listed.
 
     python -m kdjax.main --config=configs/ofd_cifar.py:resnet32x4,resnet8x4

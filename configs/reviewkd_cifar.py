@@ -37,7 +37,7 @@ vgg13,MobileNetV2 number (70.37) has a single third-party source. ResNet50,vgg8
 is left out: its only ReviewKD number (SDD Table 2) is a suspected copy error.
 
 Ablations. Append an ABLATIONS name to get one ablation of the ML Reproducibility
-Challenge report on ReviewKD (shared/seeds/000; methods.md §3.6) as overrides of the
+Challenge report on ReviewKD (docs/sources.md [S0]; docs/methods.md §3.6) as overrides of the
 method's switches (kdjax/methods/reviewkd.py): `release` (the baseline: the official
 configuration, no override), `no_abf`, `feed_output`, `hcl_full_4`,
 `hcl_equal_weights`, `no_hcl`, `no_review`, `rlf_only`, `none`. ABLATION_ROWS is the
@@ -101,7 +101,7 @@ ABLATIONS = {
 }
 ABLATION_ROWS = tuple(ABLATIONS)
 ABLATION_BASELINE = "release"
-# MLRC 2021 reproduction (DevPranjal/ml-repro-2021 README; methods.md §3.5-3.6): the full method on
+# MLRC 2021 reproduction (DevPranjal/ml-repro-2021 README; docs/methods.md §3.5-3.6): the full method on
 # every pair it ran, the components on resnet56,resnet20 only.
 ABLATION_REPORTED = {
     "release": {"resnet32x4,resnet8x4": 76.02, "wrn_40_2,wrn_16_2": 76.27, "resnet56,resnet20": 71.79},

@@ -1,6 +1,6 @@
 """ReviewKD (Chen et al., CVPR 2021) on ImageNet (TFDS imagenet2012): the paper's two pairs.
 
-mdistiller's ImageNet port (methods.md §3.4, protocol.md §2): global batch 256, LR
+mdistiller's ImageNet port (docs/methods.md §3.4, docs/protocol.md §2): global batch 256, LR
 0.1 (the official release's 4 GPUs x 64 at 0.1 per 256 images), CE weight 1,
 feature-loss weight 1.0 (ResNet34 -> ResNet18) / 8.0 (ResNet50 -> MobileNetV1),
 C_mid = min(512, 512) / min(256, 1024), warmup 1 epoch counted from 1; otherwise the
@@ -16,7 +16,7 @@ outputs (the CIFAR release), so this config is not bit-identical to that recipe.
     python -m kdjax.main --config=configs/reviewkd_imagenet.py:imagenet_resnet34,imagenet_resnet18 \
         --config.data.data_dir=/data/tfds --workdir=runs/reviewkd_imagenet_r34_r18
 
-REPORTED: ReviewKD `ImageNet/README.md` top-1 (best epoch; protocol.md §4.4).
+REPORTED: ReviewKD `ImageNet/README.md` top-1 (best epoch; docs/protocol.md §4.4).
 """
 import importlib.util
 import os

@@ -13,7 +13,7 @@ values must be given its own `--config.teacher.auto_workdir`.
 
 Phase 1 follows the teacher protocol (the paper: "trained jointly from scratch", CRD's setup):
 `config.teacher.train_epochs` 240, LR 0.05 x0.1 at 150/180/210, batch 64, weight decay 5e-4, with
-l_T = 1, l_R^CE = 1, l_R^KL = 3, tau = 1 (shared/seeds/001). Phase 2 uses the phase-2 method's own
+l_T = 1, l_R^CE = 1, l_R^KL = 3, tau = 1 (docs/sources.md [S1]). Phase 2 uses the phase-2 method's own
 settings (KD: T = 4). Open point (⚠): the paper says its LR is 0.01 "in the ShuffleNet
 experiments", which in CRD's protocol (the one it says it follows) is the ShuffleNet *student's*
 LR; kdjax applies it to phase 2 only and trains the phase-1 teacher at the teacher LR 0.05 (set
@@ -25,7 +25,7 @@ LR; kdjax applies it to phase 2 only and trains the phase-1 teacher at the teach
 PAIRS: the CRD-benchmark pairs whose students are in the families the paper evaluates (ResNet,
 WRN, VGG, ShuffleNetV1/V2; it has no MobileNetV2 student); every pair has the same number of
 teacher and student stages, which SFTN's branches need. The paper's exact pair list is in its
-Tables 1-2, not retrieved (methods.md §4.3), so REPORTED is empty: **no per-pair SFTN number is
+Tables 1-2, not retrieved (docs/methods.md §4.3), so REPORTED is empty: **no per-pair SFTN number is
 known here**, only the paper's averages (+1.58 / +1.51 points over the standard teacher).
 """
 import importlib.util
@@ -42,7 +42,7 @@ PAIRS = {pair: {} for pair in (
     "wrn_40_2,wrn_16_2", "wrn_40_2,wrn_40_1", "vgg13,vgg8", "ResNet50,vgg8",
     "resnet32x4,ShuffleV1", "resnet32x4,ShuffleV2", "wrn_40_2,ShuffleV1")}
 
-# Per-pair numbers of the paper's Tables 1-2 were not available (methods.md §4.3): none claimed.
+# Per-pair numbers of the paper's Tables 1-2 were not available (docs/methods.md §4.3): none claimed.
 REPORTED: dict[str, float] = {}
 
 

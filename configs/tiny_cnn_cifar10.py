@@ -1,4 +1,4 @@
-"""A third-party study of DKD on tiny CNNs (shared/seeds/004), CIFAR-10: one config, one variant per row.
+"""A third-party study of DKD on tiny CNNs (docs/sources.md [S4]), CIFAR-10: one config, one variant per row.
 
 The study distills a 5-layer CNN teacher (`simple_cnn_teacher`) into a 4-layer
 student (`simple_cnn_student`) on CIFAR-10 and compares no distillation, KD and DKD
@@ -33,7 +33,7 @@ batch 64, KD "a=0.5", DKD with (T, a, b). Not stated, chosen here:
   mdistiller code), CE weight 1.
 * DKD's LR is LR / T for T > 1 (0.005 at T = 2, 0.0025 at T = 4; T <= 1 keeps 0.01).
   Why: the T^2-scaled KL terms have logit gradient T * (p_s^T - p_t^T), T times a
-  bounded residual, and NCKD's lacks KD's (1 - p_t^T) damping (methods.md §2.6,
+  bounded residual, and NCKD's lacks KD's (1 - p_t^T) damping (docs/methods.md §2.6,
   mechanism 6), so at a fixed LR the step DKD takes grows linearly in T. Measured on
   digits with the study's trained teacher at T = 4, beta = 2, LR 0.01 (the old
   setting): the gradient norm ran at 20-40, 5-10x the CE term's alone, while the

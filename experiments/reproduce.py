@@ -52,7 +52,7 @@ CONFIG_DIR = os.path.join(ROOT, "configs")
 TEACHER_CONFIG = "configs/teacher_cifar.py"
 DEFAULT_DATASET = "cifar100"
 
-# The two CIFAR-100 tables of the DKD paper (protocol.md §4.1 and §4.2), columns in the paper's order.
+# The two CIFAR-100 tables of the DKD paper (docs/protocol.md §4.1 and §4.2), columns in the paper's order.
 TABLES: dict[str, tuple[str, ...]] = {
     "cifar100_same_arch": (
         "resnet56,resnet20", "resnet110,resnet20", "resnet110,resnet32", "resnet32x4,resnet8x4",
@@ -65,7 +65,7 @@ TABLES: dict[str, tuple[str, ...]] = {
     # ReviewKD's ablations (MLRC 2021 report): two pairs by default; resnet56,resnet20 (the pair of
     # the report's component table) on request (--pairs).
     "reviewkd_ablation": ("resnet32x4,resnet8x4", "wrn_40_2,wrn_16_2", "resnet56,resnet20"),
-    # The DKD paper's ImageNet table (protocol.md §4.4): configs/<method>_imagenet.py, teachers
+    # The DKD paper's ImageNet table (docs/protocol.md §4.4): configs/<method>_imagenet.py, teachers
     # from torchvision's checkpoints named in those configs.
     "imagenet": ("imagenet_resnet34,imagenet_resnet18", "imagenet_resnet50,imagenet_mobilenetv1"),
     # Seed papers: SFTN (KD from the standard vs the student-friendly teacher), FKD (vs KD) and
@@ -98,19 +98,19 @@ PAIR_PLACEHOLDER = "{pair}"
 TABLE_DATASETS = {"tiny_cnn_dkd": "cifar10", "imagenet": "imagenet2012"}
 TABLE_TITLES = {
     "cifar100_same_arch": "CIFAR-100, teacher and student of the same architecture family "
-                          "(DKD paper; protocol.md §4.1)",
+                          "(DKD paper; docs/protocol.md §4.1)",
     "cifar100_diff_arch": "CIFAR-100, teacher and student of different architecture families "
-                          "(DKD paper; protocol.md §4.2)",
+                          "(DKD paper; docs/protocol.md §4.2)",
     "tiny_cnn_dkd": "CIFAR-10, a third-party DKD study on tiny CNNs: no-KD vs KD vs DKD "
-                    "(shared/seeds/004; configs/tiny_cnn_cifar10.py)",
+                    "(docs/sources.md [S4]; configs/tiny_cnn_cifar10.py)",
     "reviewkd_ablation": "CIFAR-100, ReviewKD ablations: ABF, what feeds the next level, HCL, review "
-                         "(MLRC 2021 report, shared/seeds/000; configs/reviewkd_cifar.py)",
-    "imagenet": "ImageNet, KD and DKD (DKD paper; protocol.md §4.4; configs/<method>_imagenet.py)",
+                         "(MLRC 2021 report, docs/sources.md [S0]; configs/reviewkd_cifar.py)",
+    "imagenet": "ImageNet, KD and DKD (DKD paper; docs/protocol.md §4.4; configs/<method>_imagenet.py)",
     "sftn": "CIFAR-100, SFTN: KD from the standard teacher (`kd`) vs from the student-friendly "
-            "teacher (`sftn`) (shared/seeds/001; configs/sftn_cifar.py)",
-    "fkd": "CIFAR-100, FKD vs KD (shared/seeds/002; configs/fkd_cifar.py)",
+            "teacher (`sftn`) (docs/sources.md [S1]; configs/sftn_cifar.py)",
+    "fkd": "CIFAR-100, FKD vs KD (docs/sources.md [S2]; configs/fkd_cifar.py)",
     "afd": "CIFAR-100, online distillation: AFD vs DML and KDCL, two networks trained together "
-           "(shared/seeds/003; configs/afd_cifar.py); cells are the ensemble's top-1, results.json "
+           "(docs/sources.md [S3]; configs/afd_cifar.py); cells are the ensemble's top-1, results.json "
            "has each network's",
 }
 # What the "paper" column is, per table (default: the DKD-paper tables' text).
@@ -128,14 +128,14 @@ PAPER_NOTES = {
 }
 
 # Published teacher and vanilla-student top-1 (RepDistiller README = CRD paper, last epoch;
-# the DKD paper copies them): protocol.md §4.1-4.2 and the lists after them.
+# the DKD paper copies them): docs/protocol.md §4.1-4.2 and the lists after them.
 TEACHER_REPORTED = {"resnet56": 72.34, "resnet110": 74.31, "resnet32x4": 79.42, "ResNet50": 79.34,
                     "wrn_40_2": 75.61, "vgg13": 74.64}
 STUDENT_REPORTED = {"resnet20": 69.06, "resnet32": 71.14, "resnet8x4": 72.50, "wrn_16_2": 73.26,
                     "wrn_40_1": 71.98, "vgg8": 70.36, "MobileNetV2": 64.60, "ShuffleV1": 70.50,
                     "ShuffleV2": 71.82}
 
-# Which epoch each method's published number is (protocol.md §3, methods.md §0.5): the
+# Which epoch each method's published number is (docs/protocol.md §3, docs/methods.md §0.5): the
 # RepDistiller/CRD rows report the last epoch, mdistiller (DKD) and official ReviewKD the best.
 # A config may state it itself with `REPORTED_METRIC = "best" | "last"`.
 REPORTED_METRIC = {
@@ -198,7 +198,7 @@ def load_config_module(path: str) -> ModuleType:
 
 
 def metric_of(name: str, module: Optional[ModuleType]) -> str:
-  """'best' | 'last' | 'unknown': the config's REPORTED_METRIC, else protocol.md §3, else its docstring."""
+  """'best' | 'last' | 'unknown': the config's REPORTED_METRIC, else docs/protocol.md §3, else its docstring."""
   declared = getattr(module, "REPORTED_METRIC", None)
   if declared in ("best", "last"):
     return declared
@@ -676,7 +676,7 @@ def render_markdown(cells: Sequence[Cell], table: str, seeds: int, protocol_epoc
       PAPER_NOTES.get(table,
       "* **paper**: the published number and which epoch it is. Teacher, student (vanilla) and the "
       "RepDistiller/CRD rows (KD, FitNet, ...) are **last-epoch** numbers from the CRD paper; DKD "
-      "(mdistiller) and ReviewKD are **best-epoch** numbers (protocol.md §3, methods.md §0.5)."),
+      "(mdistiller) and ReviewKD are **best-epoch** numbers (docs/protocol.md §3, docs/methods.md §0.5)."),
       "* **Δ best**: kdjax best-epoch mean − paper. **Δ same metric**: the kdjax mean of the metric "
       "the paper reported − paper (the like-for-like comparison).",
   ]

@@ -22,7 +22,7 @@ def import_torch() -> Any:
 
 
 def _safe_globals() -> list[Any]:
-  """The non-tensor types released checkpoints pickle (protocol.md §5.3), allowed by name."""
+  """The non-tensor types released checkpoints pickle (docs/protocol.md §5.3), allowed by name."""
   core = getattr(np, "_core", None) or np.core  # NumPy 2 renamed numpy.core to numpy._core
   scalar = core.multiarray.scalar
   dtype_classes = [c for c in vars(np.dtypes).values() if isinstance(c, type) and issubclass(c, np.dtype)]

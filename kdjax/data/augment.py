@@ -1,6 +1,6 @@
 """On-device augmentation: pure, jittable functions of an explicit PRNG key.
 
-Matches the PyTorch CIFAR recipe (protocol.md §1.2): RandomCrop(32, padding=4) with
+Matches the PyTorch CIFAR recipe (docs/protocol.md §1.2): RandomCrop(32, padding=4) with
 zero padding of the uint8 image, then RandomHorizontalFlip(p=0.5), then normalisation.
 """
 from __future__ import annotations

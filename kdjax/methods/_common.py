@@ -2,7 +2,7 @@
 
 * `l2_normalize`: PyTorch's `F.normalize` (divide by max(||x||, eps)) written as
   x * rsqrt(max(sum x^2, eps^2)), so value and gradient are finite at x = 0
-  (methods.md §8.4), where `x / jnp.linalg.norm(x)` gives NaN gradients.
+  (docs/methods.md §8.4), where `x / jnp.linalg.norm(x)` gives NaN gradients.
 * `adaptive_avg_pool` / `match_spatial`: `F.adaptive_avg_pool2d` on NHWC maps, and
   the references' rule of pooling the larger of two maps down to the smaller one.
 * `ce_plus_feature_method`: the composition every baseline here uses,

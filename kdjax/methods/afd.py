@@ -20,10 +20,10 @@ scratch. Two updates per iteration, as the paper optimises the two losses separa
    only the discriminators, so one Adam step over both equals the separate G and D
    steps taken from the same forward pass (Adam is per-parameter).
 
-Choices on what methods.md §6 leaves open (⚠), each a field of `config.afd`:
+Choices on what docs/methods.md §6 leaves open (⚠), each a field of `config.afd`:
 * Adam schedule: lr 2e-5 x0.1 at epochs 75 and 150, (coupled, PyTorch-Adam) weight
   decay 1e-1, betas (0.9, 0.999), eps 1e-8 — the paper's experiment-setup text
-  (shared/seeds/003) gives lr, milestones and weight decay; betas/eps are PyTorch's
+  (docs/sources.md [S3]) gives lr, milestones and weight decay; betas/eps are PyTorch's
   defaults since the paper names none. It moves "discriminators and feature
   extractors": the networks' classifiers (`fc` / `classifier` / `linear`) are left
   out of this pass (`adv_trains_classifier`), so its weight decay does not reach them.
@@ -35,7 +35,7 @@ Choices on what methods.md §6 leaves open (⚠), each a field of `config.afd`:
   pooling in the CIFAR ResNets; `feature='preact_feats'` takes its pre-ReLU version).
 * Discriminator: conv 3x3 (C -> C, no bias) - BatchNorm - LeakyReLU(0.2) - conv over the
   whole remaining map (H x W -> 1 scalar, with bias) - sigmoid, the "small conv net
-  ending in a sigmoid scalar" of methods.md §6.1. Its BatchNorm normalises with the
+  ending in a sigmoid scalar" of docs/methods.md §6.1. Its BatchNorm normalises with the
   statistics of the batch it is given (real and fake maps are separate calls, as
   PyTorch's D(real), D(fake)) and keeps no running statistics: a discriminator is
   never evaluated.

@@ -9,7 +9,7 @@ with `epoch` counted from 1 as in mdistiller (first-epoch factor 1/20 on CIFAR).
 
 Numerics: the reference code takes `log` of softmax probabilities and masks the
 target class with -1000, which gives inf/NaN once a margin z/T exceeds ~100 and
-mis-masks exploded logits (methods.md §2.6). Here everything stays in log space:
+mis-masks exploded logits (docs/methods.md §2.6). Here everything stays in log space:
 the binary log-probabilities are log-sum-exps of logits, and NCKD gathers the
 C-1 non-target logits instead of masking, so value and gradient stay finite for
 any finite logits and temperature.

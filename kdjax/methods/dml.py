@@ -7,7 +7,7 @@ scratch, no teacher. Peer k minimises
 
 with the peers' logits z_l constants (stop_gradient); P_k = every other peer
 (`peers='all'`, DML) or only the predecessor k-1 mod K (`peers='cyclic'`, AFD's
-scheme). DML's published form is T = 1, w = 1 (methods.md §7.15, ⚠ unverified
+scheme). DML's published form is T = 1, w = 1 (docs/methods.md §7.15, ⚠ unverified
 summary); the KL is summed over classes and averaged over the batch like KD's.
 
 Update scheme (`config.dml.alternate`). The paper's algorithm updates the peers one

@@ -14,17 +14,17 @@ trained on another dataset (CIFAR-100 -> CIFAR-10 / STL-10) distills as well, an
 unlabelled example (label -1) contributes to the kernel and FR but not to CE.
 
 Ensembles (`config.teachers`): rho_T is the mean of the members' correlation kernels
-(methods.md §5.2 ⚠; the members' feature widths may differ, their B x B kernels do not).
+(docs/methods.md §5.2 ⚠; the members' feature widths may differ, their B x B kernels do not).
 
-Open details (methods.md §5.1 ⚠), each a field of `config.fkd`:
+Open details (docs/methods.md §5.1 ⚠), each a field of `config.fkd`:
 * `fr_squared` (default True): the paper's text writes the feature regulariser as the
-  squared norm ||f(x, theta)||_2^2 (methods.md §5.1), and kdjax follows the text; the
+  squared norm ||f(x, theta)||_2^2 (docs/methods.md §5.1), and kdjax follows the text; the
   only code available (third-party) regularises the batch mean of the unsquared L2
   norm; `fr_squared=False` gives that.
 * `fk_weight` = lambda_FK = 300, `fr_weight` = lambda_FR = 0.01: the third-party code's
   defaults, not confirmed as the paper's. There the FR term was the unsquared norm, so
   with `fr_squared=True` and features of norm > 1 the same lambda_FR regularises more.
-* the diagonal is excluded by an explicit mask (methods.md: "squared difference over
+* the diagonal is excluded by an explicit mask (docs/methods.md: "squared difference over
   off-diagonal pairs"); for non-zero features it is 1 on both sides anyway, but a
   zero feature row has a 0 diagonal here (`F.normalize` semantics), which must not count.
 * batch size changes the loss (the kernel is within the batch): the batch is recorded in

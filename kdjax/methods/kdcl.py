@@ -19,7 +19,7 @@ Examples without a label (label -1) get the `mean` target under every rule. The
 paper's fourth rule (weights from generalisation on held-out data) needs a
 validation split and is not implemented.
 
-⚠ methods.md §7.16 records no verified fact about KDCL: the loss above is the
+⚠ docs/methods.md §7.16 records no verified fact about KDCL: the loss above is the
 paper's structure as summarised there; T = 1 and w = 1 are kdjax's choice (no value
 recorded), `min_logit` the default rule (no extra cost, defined for any K). Per-example
 selection for `naive` is kdjax's reading of "the best peer" (a per-batch choice would

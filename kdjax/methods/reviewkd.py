@@ -22,7 +22,7 @@ init, as in the release.
 
 Ablation switches (config fields; the defaults are the release, bit for bit). They
 make the parts the paper leaves under-specified and that the ML Reproducibility
-Challenge report on ReviewKD ablated (its res56->res20 component table: methods.md
+Challenge report on ReviewKD ablated (its res56->res20 component table: docs/methods.md
 §3.6) explicit:
 
 * `abf` (True): attention-based fusion. False removes only the attention: the

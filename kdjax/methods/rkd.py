@@ -13,7 +13,7 @@ CIFAR-100 weights (mdistiller `cfg.RKD`, RepDistiller `--distill rkd -b 1`): CE 
 RKD 1, distance 25, angle 50, eps 1e-12 (not squared). The references agree;
 mdistiller's `RKD.py` (which exposes eps and `squared`) was followed.
 
-Numerics (methods.md §8): the clamp before the sqrt keeps its derivative finite and
+Numerics (docs/methods.md §8): the clamp before the sqrt keeps its derivative finite and
 the diagonal is zeroed with `where`, so no gradient reaches it; the i = j
 differences are zero vectors, normalised with rsqrt(max(||x||^2, eps^2)), whose value
 and gradient are finite (`F.normalize`'s semantics).
