@@ -72,7 +72,7 @@ def _synthetic_imagenet(num_train: int) -> imagenet.StreamingDataset:
 def _step_inputs(config, dataset, run, mesh):
   """(images, labels, perm) arguments of the step: the resident set, or one streamed global batch."""
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  if not train.is_streaming(dataset):
+  if not data.is_streaming(dataset):
     images = jax.device_put(dataset.train_images, replicated)
     labels = jax.device_put(dataset.train_labels, replicated)
     return images, labels, run.permute(jax.random.key(0))
@@ -101,8 +101,8 @@ def main(argv):
   mesh = train.make_mesh(jax.devices())
   teacher = tvars = None
   if _TEACHER.value:
-    teacher = models.get(_TEACHER.value, num_classes=dataset.num_classes, dtype=train._dtype(config))  # pylint: disable=protected-access
-    x = np.zeros((1, *train._image_shape(dataset)), np.float32)  # pylint: disable=protected-access
+    teacher = models.get(_TEACHER.value, num_classes=dataset.num_classes, dtype=models.compute_dtype(config.dtype))
+    x = np.zeros((1, *data.image_shape(dataset)), np.float32)
     tvars = jax.jit(teacher.init)(jax.random.key(1), x)
   run = train.build(config, dataset, mesh, teacher, tvars)
   images, labels, perm = _step_inputs(config, dataset, run, mesh)
@@ -128,7 +128,7 @@ def main(argv):
     memory = f"process max RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10:.0f} MiB"
   print(f"backend {jax.default_backend()} ({jax.device_count()} x {dev.device_kind}), jax {jax.__version__}")
   print(f"{_METHOD.value} {_TEACHER.value or '-'} -> {_STUDENT.value}, batch {_BATCH.value}, "
-        f"{_DTYPE.value}, images {'x'.join(map(str, train._image_shape(dataset)))}")  # pylint: disable=protected-access
+        f"{_DTYPE.value}, images {'x'.join(map(str, data.image_shape(dataset)))}")
   print(f"compile {compile_s:.1f} s")
   ips = _STEPS.value * _BATCH.value / dt
   print(f"step {1000 * dt / _STEPS.value:.1f} ms, {ips:.{0 if ips >= 10 else 2}f} images/s "

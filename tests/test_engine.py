@@ -195,7 +195,7 @@ class _StreamingDigits:
              "index": idx.astype(np.int32)}
 
   def eval_batches(self, *, batch_size, process_index, process_count):
-    images, labels = train._pad_to(self.base.test_images, self.base.test_labels, batch_size)  # pylint: disable=protected-access
+    images, labels = data.pad_to(self.base.test_images, self.base.test_labels, batch_size)
     local = batch_size // process_count
     for start in range(0, images.shape[0], batch_size):
       sl = slice(start + process_index * local, start + (process_index + 1) * local)
@@ -205,7 +205,7 @@ class _StreamingDigits:
 def test_streaming_dataset_trains_and_evaluates(tmp_path, monkeypatch):
   """A host-pipeline dataset (the ImageNet path) runs through the same loop; eval counts every example."""
   streaming = _StreamingDigits(data.load("digits"))
-  monkeypatch.setattr(train, "_load_dataset", lambda config: streaming)
+  monkeypatch.setattr(train.pipeline, "load_dataset", lambda config: streaming)
   config = _digits_config("vanilla")
   results = train.train_and_evaluate(config, str(tmp_path / "s"))
   steps = streaming.num_train // config.batch_size

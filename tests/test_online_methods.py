@@ -442,15 +442,6 @@ E2E = {"afd2": ("afd", "resnet8,resnet8"), "afd3": ("afd", "resnet8,resnet8,resn
        "dml": ("dml", "resnet8,resnet8"), "kdcl": ("kdcl", "resnet8,resnet8")}
 
 
-def _engine_missing() -> str:
-  """Which engine feature the end-to-end runs need and kdjax/train.py lacks ('' when none)."""
-  src = open(os.path.join(ROOT, "kdjax", "train.py")).read()
-  for feature in ("extra_updates", "members", "views"):
-    if feature not in src:
-      return feature
-  return ""
-
-
 def _cli(workdir, name, arg, epochs):
   return [sys.executable, os.path.join(ROOT, "tests", "mocked_main.py"),
           f"--config=configs/{name}_cifar.py:{arg}", f"--config.epochs={epochs}",
@@ -464,9 +455,6 @@ def test_end_to_end_checkpoint_resume_results(tmp_path, case):
   ensemble's top-1 and every member exports as a model dir. AFD's pair (two optimizers, the
   discriminators in the state) then resumes from its checkpoint for a second epoch; the other
   cases restore only the same cohort tree and one optimizer, so one run each keeps the test short."""
-  missing = _engine_missing()
-  if missing:
-    pytest.skip(f"the trainer (kdjax/train.py) lacks the engine feature {missing!r}")
   name, arg = E2E[case]
   workdir = str(tmp_path / case)
   epochs = (1, 2) if case == "afd2" else (1,)

@@ -43,7 +43,7 @@ def _run(installed, *args, cwd):
 def test_wheel_holds_the_package_its_configs_and_the_command(installed):
   _, wheel, _ = installed
   names = zipfile.ZipFile(wheel).namelist()
-  assert "kdjax/train.py" in names and "kdjax/methods/dkd.py" in names
+  assert "kdjax/train/step.py" in names and "kdjax/methods/dkd.py" in names
   configs = {n.split("/")[-1] for n in names if n.startswith("kdjax/configs/")}
   assert configs == {f for f in os.listdir(os.path.join(ROOT, "configs")) if f.endswith(".py")}
   entry = next(n for n in names if n.endswith("entry_points.txt"))

@@ -421,11 +421,6 @@ _TEACHER = "resnet8x4"
 _INIT_LOSS_KEY = {"ab": "train_loss_ab", "ft": "train_loss_paraphraser", "fsp": "train_loss_fsp"}
 
 
-def _engine_has_prestage() -> bool:
-  with open(os.path.join(ROOT, "kdjax", "train.py")) as f:
-    return "prestage" in f.read()
-
-
 def _cli(args, workdir):
   """Runs tests/mocked_main.py on 64 mocked CIFAR-100 images (2 steps of 32 per epoch)."""
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", JAX_PLATFORMS="cpu", PYTHONPATH=ROOT,
@@ -441,8 +436,6 @@ def _cli(args, workdir):
 
 @pytest.fixture(scope="module")
 def teacher_dir(tmp_path_factory):
-  if not _engine_has_prestage():
-    pytest.skip("needs the engine's pre-stage (Method.prestage run by kdjax/train.py)")
   workdir = str(tmp_path_factory.mktemp("teacher") / _TEACHER)
   _cli([f"--config=configs/teacher_cifar.py:{_TEACHER}"], workdir)
   return workdir

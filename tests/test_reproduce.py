@@ -2,7 +2,7 @@
 
 Most tests drive the runner with a stand-in trainer (`_FAKE_TRAINER`, written to
 tmp_path) that honours kdjax.main's command line and writes results.json and
-metrics.jsonl the way kdjax/train.py does, so a 2-method x 2-seed table runs in
+metrics.jsonl the way kdjax/train/loop.py does, so a 2-method x 2-seed table runs in
 seconds. `test_real_trainer_on_mocked_cifar` runs one real job through
 tests/mocked_main.py to pin the contract between the runner and the trainer.
 """

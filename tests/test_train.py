@@ -185,7 +185,7 @@ def test_nonfinite_loss_skips_the_update_and_stops_the_run():
   assert int(new_state.nonfinite_step) == 0 and int(new_state.step) == 1
   jax.tree.map(np.testing.assert_array_equal, before, jax.tree.map(np.asarray, new_state.params))
   with pytest.raises(train.NonFiniteLossError, match="not finite at step 0"):
-    train._raise_if_nonfinite(new_state, config)  # pylint: disable=protected-access
+    train.raise_if_nonfinite(new_state, config)
 
 
 def test_teacher_from_pth_and_wrong_teacher_refused(tmp_path):
@@ -200,14 +200,15 @@ def test_teacher_from_pth_and_wrong_teacher_refused(tmp_path):
   dataset = data.load("digits")
   config = recipes.base_config()
   config.method, config.model, config.teacher.arch, config.teacher.checkpoint = "kd", "resnet8", "resnet8", path
-  module, variables, _ = train._load_teacher(config, dataset, str(tmp_path))  # pylint: disable=protected-access
+  teacher = train.load_teacher(config, dataset, str(tmp_path))
+  module, variables = teacher.module, teacher.variables
   x = np.random.default_rng(0).standard_normal((2, 32, 32, 3)).astype(np.float32)
   with torch.no_grad():
     expected = net.eval()(torch.tensor(x.transpose(0, 3, 1, 2)))[0].numpy()
   np.testing.assert_allclose(module.apply(variables, x, train=False)[0], expected, atol=1e-4)
   config.teacher.arch = "resnet14"
   with pytest.raises(UserError, match="missing"):
-    train._load_teacher(config, dataset, str(tmp_path))  # pylint: disable=protected-access
+    train.load_teacher(config, dataset, str(tmp_path))
 
 
 _TOPOLOGY_SCRIPT = r"""

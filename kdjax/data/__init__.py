@@ -2,7 +2,7 @@
 
 The trainer puts the arrays on device once and does permutation, crop, flip and
 normalisation inside jitted code (`kdjax.data.augment`); no input pipeline runs
-during training (jax-practice.md §3.3).
+during training.
 
 * `cifar100`, `cifar10`: TFDS. TensorFlow is imported only when one of them is
   loaded, so `import kdjax.data` and the embedded `digits` set need no TF.
@@ -23,57 +23,15 @@ import numpy as np
 from kdjax.errors import UserError
 
 from kdjax.data import augment  # noqa: F401  (re-exported: `kdjax.data.augment.random_crop_flip`)
+from kdjax.data.base import Dataset, DatasetNotFoundError
+from kdjax.data.resize import resize_images
 
 _NAMES = ("cifar10", "cifar100", "digits", "imagenet2012", "stl10")
-
-
-class DatasetNotFoundError(UserError):
-  """The dataset is not prepared locally (and could not be downloaded); the message says how to fix it."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Dataset:
-  """A whole dataset in host memory: uint8 NHWC images, int32 labels, normalisation constants."""
-  name: str
-  train_images: np.ndarray  # uint8 (N, H, W, 3)
-  train_labels: np.ndarray  # int32 (N,)
-  test_images: np.ndarray  # uint8 (M, H, W, 3)
-  test_labels: np.ndarray  # int32 (M,)
-  num_classes: int
-  mean: tuple[float, float, float]  # per channel, on the [0, 1] scale
-  std: tuple[float, float, float]
-
-  def __post_init__(self):
-    # Cheap checks here catch a loader bug before it becomes a silent training bug.
-    for split in ("train", "test"):
-      images, labels = getattr(self, f"{split}_images"), getattr(self, f"{split}_labels")
-      if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
-        raise ValueError(f"{self.name}: {split}_images must be uint8 (N, H, W, 3), got "
-                         f"{images.dtype} {images.shape}")
-      if labels.dtype != np.int32 or labels.shape != images.shape[:1]:
-        raise ValueError(f"{self.name}: {split}_labels must be int32 ({images.shape[0]},), got "
-                         f"{labels.dtype} {labels.shape}")
 
 
 def names() -> list[str]:
   """All loadable dataset names."""
   return list(_NAMES)
-
-
-_RESIZE_CHUNK = 5_000  # images per tf.image.resize call: bounds the float32 temporaries
-
-
-def resize_images(images: np.ndarray, size: int) -> np.ndarray:
-  """uint8 (N, H, W, C) -> uint8 (N, size, size, C), antialiased bilinear (area-aware when shrinking)."""
-  if images.shape[1:3] == (size, size):
-    return images
-  from kdjax.data import cifar  # pylint: disable=import-outside-toplevel
-  cifar._import_tfds()  # pylint: disable=protected-access  (hides accelerators from TF first)
-  import tensorflow as tf  # pylint: disable=import-outside-toplevel
-  out = [np.clip(np.rint(tf.image.resize(images[i:i + _RESIZE_CHUNK], (size, size), method="bilinear",
-                                         antialias=True).numpy()), 0, 255).astype(np.uint8)
-         for i in range(0, len(images), _RESIZE_CHUNK)]
-  return np.concatenate(out) if out else np.zeros((0, size, size, images.shape[-1]), np.uint8)
 
 
 def resize(dataset: Dataset, size: int) -> Dataset:
@@ -115,3 +73,34 @@ def load(name: str, data_dir: str | None = None, download: bool = False,
     from kdjax.data import cifar  # pylint: disable=import-outside-toplevel
     return cifar.load(name, data_dir=data_dir, download=download)
   raise ValueError(f"unknown dataset {name!r}; valid datasets: {', '.join(_NAMES)}")
+
+
+def is_streaming(dataset) -> bool:
+  """Whether `dataset` streams batches from a host pipeline (ImageNet) instead of living on device."""
+  return hasattr(dataset, "train_batches")
+
+
+def num_train(dataset) -> int:
+  """The number of training examples, resident or streamed."""
+  return int(dataset.num_train) if is_streaming(dataset) else int(dataset.train_images.shape[0])
+
+
+def image_shape(dataset) -> tuple[int, ...]:
+  """(H, W, C) of the training images, resident or streamed."""
+  return tuple(dataset.image_shape) if is_streaming(dataset) else tuple(dataset.train_images.shape[1:])
+
+
+def pad_to(images: np.ndarray, labels: np.ndarray, multiple: int) -> tuple[np.ndarray, np.ndarray]:
+  """Pads a split to a multiple of `multiple` rows with label -1 (rows that never count)."""
+  n = images.shape[0]
+  total = -(-n // multiple) * multiple
+  if total == n:
+    return images, labels
+  pad_images = np.zeros((total - n, *images.shape[1:]), images.dtype)
+  return (np.concatenate([images, pad_images]),
+          np.concatenate([labels, -np.ones(total - n, labels.dtype)]))
+
+
+def streams(name: str) -> bool:
+  """Whether the dataset `name` is streamed from disk (no auto-trained teachers on it)."""
+  return name == "imagenet2012"

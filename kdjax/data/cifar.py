@@ -12,9 +12,9 @@ from typing import Any
 
 import numpy as np
 
-from kdjax.data import Dataset, DatasetNotFoundError
+from kdjax.data.base import Dataset, DatasetNotFoundError
 
-# Normalisation of the reference code (RepDistiller / mdistiller, protocol.md §1.2); the released
+# Normalisation of the reference code (RepDistiller / mdistiller, docs/protocol.md §1.2); the released
 # CRD teachers were trained with the CIFAR-100 pair.
 MEAN_STD = {
     "cifar100": ((0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761)),

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from kdjax.data import Dataset
+from kdjax.data.base import Dataset
 
 SIZE = 32
 TEST_FRACTION = 0.2

@@ -1,13 +1,13 @@
 """ImageNet (TFDS `imagenet2012`) as a streaming tf.data pipeline, sharded per host.
 
 ImageNet does not fit on device, so unlike CIFAR it is read, decoded and
-augmented on the host CPUs while the accelerators train (jax-practice.md §3.4):
+augmented on the host CPUs while the accelerators train (docs/protocol.md §2):
 
 * train: torchvision's RandomResizedCrop(224, scale (0.08, 1), ratio (3/4, 4/3))
   computed from the JPEG header and decoded with the fused `decode_and_crop_jpeg`
   (only the crop window is decompressed), bilinear resize, horizontal flip p=0.5;
 * eval: Resize(256) (shorter side, aspect kept) + CenterCrop(224);
-* output uint8 NHWC: normalisation (protocol.md §2 mean/std) happens on device in
+* output uint8 NHWC: normalisation (docs/protocol.md §2 mean/std) happens on device in
   the train step, so host-to-device transfers stay 1 byte per pixel.
 
 Per-host sharding: process p of P reads only the contiguous slice
@@ -35,10 +35,11 @@ from typing import Any, Iterator, Optional
 
 import numpy as np
 
-from kdjax.data import DatasetNotFoundError
+from kdjax.data import cifar
+from kdjax.data.base import DatasetNotFoundError
 
 NAME = "imagenet2012"
-# torchvision / mdistiller constants (protocol.md §2), on the [0, 1] scale.
+# torchvision / mdistiller constants (docs/protocol.md §2), on the [0, 1] scale.
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 CROP_SIZE = 224
@@ -288,7 +289,6 @@ def load(data_dir: Optional[str] = None, download: bool = False, manual_dir: Opt
 
   `image_size` (0: 224) is the crop side; eval resizes to round(image_size * 256 / 224) first.
   """
-  from kdjax.data import cifar  # pylint: disable=import-outside-toplevel  (shared TFDS helpers)
   tfds = cifar._import_tfds()  # pylint: disable=protected-access
   if data_dir:
     data_dir = os.path.abspath(os.path.expanduser(data_dir))

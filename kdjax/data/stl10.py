@@ -21,7 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from kdjax.data import Dataset, DatasetNotFoundError, cifar, resize_images
+from kdjax.data import cifar
+from kdjax.data.base import Dataset, DatasetNotFoundError
+from kdjax.data.resize import resize_images
 
 NAME = "stl10"
 NUM_CLASSES = 10

@@ -2,7 +2,7 @@
 
 A method's hyperparameters live in `config.<name>`; the method file declares
 their published defaults with `register(name, defaults={...})`, and
-`kdjax.recipes.base_config()` gives every registered method its node, so a
+`kdjax.recipes.base_config()` (`kdjax.defaults`) gives every registered method its node, so a
 config override of any field is checked against them.
 """
 from __future__ import annotations
@@ -12,6 +12,7 @@ from typing import Any, Callable
 
 import ml_collections
 
+from kdjax import defaults as kd_defaults
 from kdjax.errors import UserError
 from kdjax.methods import base
 
@@ -48,6 +49,5 @@ def get(name: str, config: ml_collections.ConfigDict | None = None) -> base.Meth
   if name not in _FACTORIES:
     raise UserError(f"unknown method {name!r}; valid methods: {', '.join(names())}")
   if config is None:
-    from kdjax import recipes  # pylint: disable=import-outside-toplevel
-    config = recipes.base_config()
+    config = kd_defaults.base_config(_DEFAULTS)
   return _FACTORIES[name](config)

@@ -35,7 +35,7 @@ the method state as `{'batch_stats': ...}` (as ReviewKD keeps its ABFs') and are
 never read, since the branches are discarded after phase 1. The branches run in
 the run's compute dtype (`config.dtype`); the loss is float32.
 
-Choices where the record is open (methods.md §4, marked ⚠ there), each a field:
+Choices where the record is open (docs/methods.md §4, marked ⚠ there), each a field:
 
 * `transform_kernel=1`, `transform_relu=True`: T_i = conv k x k (no bias) + BN +
   ReLU, kaiming-normal(fan_out) conv init as the CIFAR zoo. The secondary notes
@@ -58,7 +58,7 @@ Choices where the record is open (methods.md §4, marked ⚠ there), each a fiel
 * `branch_reduction='sum'`: the paper's loss sums over the branches (sum_i, as
   written for both branch terms); 'mean' divides both by N-1.
 * Defaults l_T = 1, l_CE = 1, l_KL = 3, tau = 1: the paper's CIFAR-100 setting
-  (shared/seeds/001 quotes it; its ImageNet setting is l_KL = 1). The tau^2 factor
+  (docs/sources.md [S1] quotes it; its ImageNet setting is l_KL = 1). The tau^2 factor
   (KD's gradient-scale convention) is a no-op at tau = 1.
 """
 from __future__ import annotations
@@ -254,12 +254,7 @@ class Branches(nn.Module):
 # ----------------------------------------------------------------------------- the method
 
 
-def _dtype(name: str) -> Optional[Any]:
-  """The branches' compute dtype for `config.dtype` (None: float32 as the model zoo's default)."""
-  return jnp.bfloat16 if name == "bfloat16" else None
-
-
-# The paper's CIFAR-100 setting (shared/seeds/001): l_T = 1, l_R^CE = 1, l_R^KL = 3, tau = 1.
+# The paper's CIFAR-100 setting (docs/sources.md [S1]): l_T = 1, l_R^CE = 1, l_R^KL = 3, tau = 1.
 @registry.register("sftn", defaults=dict(
     student="", teacher_ce_weight=1.0, branch_ce_weight=1.0, branch_kl_weight=3.0, temperature=1.0,
     kl_direction="kd", branch_reduction="sum", transform_kernel=1, transform_relu=True,
@@ -283,7 +278,7 @@ def make(cfg: ml_collections.ConfigDict) -> base.Method:
   weights = dict(teacher_ce_weight=float(c.teacher_ce_weight), branch_ce_weight=float(c.branch_ce_weight),
                  branch_kl_weight=float(c.branch_kl_weight), temperature=float(c.temperature),
                  kl_direction=str(c.kl_direction), branch_reduction=str(c.branch_reduction))
-  dtype = _dtype(str(cfg.dtype))
+  dtype = models.compute_dtype(str(cfg.dtype))
 
   def head_for(model_out: base.ModelOutput) -> Branches:
     # Rebuilt from the (static) shapes on every trace: init and loss always agree.

@@ -16,54 +16,43 @@ members trained together by the online methods; `names()` lists registered model
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Optional
 
 import flax.linen as nn
+import jax.numpy as jnp
 
 from kdjax.errors import UserError
+from kdjax.models import cohort, registry
 
-_FACTORIES: dict[str, Callable[..., nn.Module]] = {}
-
-
-def register(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
-  """Decorator that registers a model factory `f(num_classes=..., **kw) -> nn.Module`."""
-
-  def wrap(factory: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-    if name in _FACTORIES:
-      raise ValueError(f"model {name!r} is registered twice")
-    _FACTORIES[name] = factory
-    return factory
-
-  return wrap
-
-
-def names() -> list[str]:
-  """All registered model names, sorted."""
-  return sorted(_FACTORIES)
+register = registry.register
+names = registry.names
 
 
 def exists(name: str) -> bool:
   """Whether `get(name)` builds a model: a registered name, or a cohort 'A+B[+...]' of them."""
-  from kdjax.models import cohort  # pylint: disable=import-outside-toplevel
   parts = cohort.split_name(name)
-  return name in _FACTORIES or (len(parts) > 1 and all(p in _FACTORIES for p in parts))
+  return name in names() or (len(parts) > 1 and all(p in names() for p in parts))
+
+
+def compute_dtype(name: str) -> Optional[Any]:
+  """The networks' compute dtype for `config.dtype` (None: float32, Flax's default)."""
+  return jnp.bfloat16 if name == "bfloat16" else None
 
 
 def get(name: str, num_classes: int = 100, **kwargs) -> nn.Module:
   """Returns the Flax module registered as `name`; 'A+B[+...]' is a cohort of those models."""
-  from kdjax.models import cohort  # pylint: disable=import-outside-toplevel
   if cohort.SEPARATOR in name:
     parts = cohort.split_name(name)
-    unknown = [p for p in parts if p not in _FACTORIES]
+    unknown = [p for p in parts if p not in names()]
     if unknown or len(parts) < 2:
       raise UserError(f"unknown cohort member(s) {unknown or [name]!r} in {name!r}; a cohort is "
                       f"'A+B[+...]' of valid models: {', '.join(names())}")
     own = {k: kwargs.pop(k) for k in ("dtype", "ensemble") if k in kwargs}
     return cohort.Cohort(members=tuple(parts), num_classes=num_classes,
                          member_kwargs=tuple(sorted(kwargs.items())), **own)
-  if name not in _FACTORIES:
+  if name not in names():
     raise UserError(f"unknown model {name!r}; valid models: {', '.join(names())}")
-  return _FACTORIES[name](num_classes=num_classes, **kwargs)
+  return registry.factory(name)(num_classes=num_classes, **kwargs)
 
 
 # Importing the family modules fills the registry.

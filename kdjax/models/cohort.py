@@ -23,6 +23,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from kdjax.errors import UserError
+from kdjax.models import registry
+
 SEPARATOR = "+"
 
 
@@ -33,13 +36,11 @@ def split_name(name: str) -> list[str]:
 
 def name_from_arg(arg: str) -> str:
   """A config argument 'NET1,NET2[,NET3...]' -> the cohort name 'NET1+NET2[+NET3...]', checked."""
-  from kdjax import models  # pylint: disable=import-outside-toplevel
-  from kdjax.errors import UserError  # pylint: disable=import-outside-toplevel
   parts = [p.strip() for p in arg.replace(SEPARATOR, ",").split(",") if p.strip()]
-  unknown = [p for p in parts if p not in models.names()]
+  unknown = [p for p in parts if p not in registry.names()]
   if len(parts) < 2 or unknown:
     raise UserError(f"an online method trains two or more networks, 'NET1,NET2[,NET3...]', "
-                    f"of valid models: {', '.join(models.names())}; got {arg!r}")
+                    f"of valid models: {', '.join(registry.names())}; got {arg!r}")
   return SEPARATOR.join(parts)
 
 
@@ -68,14 +69,12 @@ class Cohort(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> tuple[jax.Array, dict[str, Any]]:
-    from kdjax import models  # pylint: disable=import-outside-toplevel  (the registry imports us)
     k = len(self.members)
     if x.ndim == 5 and x.shape[0] != k:
       raise ValueError(f"a {k}-member cohort takes one view per member; got {x.shape[0]} views")
     outs = []
     for i, arch in enumerate(self.members):
-      factory = models._FACTORIES[arch]  # pylint: disable=protected-access  (get's `name` is the arch)
-      net = factory(num_classes=self.num_classes, dtype=self.dtype, name=f"member{i}",
+      net = registry.factory(arch)(num_classes=self.num_classes, dtype=self.dtype, name=f"member{i}",
                     **dict(self.member_kwargs))
       outs.append(net(x[i] if x.ndim == 5 else x, train=train))
     return ensemble([o[0] for o in outs], self.ensemble), {"members": outs}

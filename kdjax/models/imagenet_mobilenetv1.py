@@ -18,7 +18,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 
-from kdjax.models import register
+from kdjax.models.registry import register
 from kdjax.models import layers
 
 # mdistiller's MobileNetV1 keeps PyTorch's default init everywhere (kaiming_uniform(a=sqrt(5)) for

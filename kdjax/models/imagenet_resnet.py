@@ -17,89 +17,14 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax
 
-from kdjax.models import register
-from kdjax.models import layers
+from kdjax.models import layers, residual
+from kdjax.models.registry import register
 
 # torchvision re-initialises every Conv2d with kaiming_normal(fan_out, relu) and every BN with
 # weight 1 / bias 0 (zero_init_residual is off by default); `fc` keeps nn.Linear's default init.
 _CONV_INIT = layers.kaiming_normal_fan_out
 _WIDTHS = (64, 128, 256, 512)
 _STRIDES = (1, 2, 2, 2)
-
-
-class BasicBlock(nn.Module):
-  """conv3x3 (strided) - BN - ReLU - conv3x3 - BN plus shortcut; returns `(relu(out), out)`."""
-  in_planes: int
-  planes: int
-  stride: int = 1
-  dtype: Any = None
-
-  expansion = 1
-
-  @nn.compact
-  def __call__(self, x: jax.Array, train: bool = False) -> tuple[jax.Array, jax.Array]:
-    out = layers.conv(self.planes, 3, stride=self.stride, kernel_init=_CONV_INIT, name="conv1",
-                      dtype=self.dtype)(x)
-    out = nn.relu(layers.batch_norm(train, name="bn1", dtype=self.dtype)(out))
-    out = layers.conv(self.planes, 3, kernel_init=_CONV_INIT, name="conv2", dtype=self.dtype)(out)
-    out = layers.batch_norm(train, name="bn2", dtype=self.dtype)(out)
-    preact = out + _shortcut(x, self.in_planes, self.planes, self.stride, train, self.dtype)
-    return nn.relu(preact), preact
-
-
-class Bottleneck(nn.Module):
-  """1x1 - 3x3 (strided, torchvision's v1.5) - 1x1 (x4) plus shortcut; returns `(relu(out), out)`."""
-  in_planes: int
-  planes: int
-  stride: int = 1
-  dtype: Any = None
-
-  expansion = 4
-
-  @nn.compact
-  def __call__(self, x: jax.Array, train: bool = False) -> tuple[jax.Array, jax.Array]:
-    out = layers.conv(self.planes, 1, kernel_init=_CONV_INIT, name="conv1", dtype=self.dtype)(x)
-    out = nn.relu(layers.batch_norm(train, name="bn1", dtype=self.dtype)(out))
-    out = layers.conv(self.planes, 3, stride=self.stride, kernel_init=_CONV_INIT, name="conv2",
-                      dtype=self.dtype)(out)
-    out = nn.relu(layers.batch_norm(train, name="bn2", dtype=self.dtype)(out))
-    out = layers.conv(self.planes * 4, 1, kernel_init=_CONV_INIT, name="conv3", dtype=self.dtype)(out)
-    out = layers.batch_norm(train, name="bn3", dtype=self.dtype)(out)
-    preact = out + _shortcut(x, self.in_planes, self.planes * 4, self.stride, train, self.dtype)
-    return nn.relu(preact), preact
-
-
-def _shortcut(x: jax.Array, in_planes: int, out_planes: int, stride: int, train: bool,
-              dtype: Any) -> jax.Array:
-  """Identity, or `downsample` = 1x1 conv + BN where torchvision's _make_layer builds one.
-
-  Called inside the block's compact `__call__`, so the ConvBN is the block's child 'downsample',
-  created after the residual branch as in torchvision's registration order.
-  """
-  if stride == 1 and in_planes == out_planes:
-    return x
-  return layers.ConvBN(out_planes, 1, stride=stride, kernel_init=_CONV_INIT, name="downsample",
-                       dtype=dtype)(x, train)
-
-
-class Stage(nn.Module):
-  """`layer{k}`: blocks named '0', '1', ...; stride on block 0; returns (output, last preact)."""
-  block: Any  # BasicBlock or Bottleneck (the class)
-  in_planes: int
-  planes: int
-  num_blocks: int
-  stride: int
-  dtype: Any = None
-
-  @nn.compact
-  def __call__(self, x: jax.Array, train: bool = False) -> tuple[jax.Array, jax.Array]:
-    preact = x
-    in_planes = self.in_planes
-    for i in range(self.num_blocks):
-      x, preact = self.block(in_planes, self.planes, self.stride if i == 0 else 1, name=str(i),
-                             dtype=self.dtype)(x, train)
-      in_planes = self.planes * self.block.expansion
-    return x, preact
 
 
 def max_pool_3x3_s2(x: jax.Array) -> jax.Array:
@@ -124,7 +49,7 @@ class ImageNetResNet(nn.Module):
     x = max_pool_3x3_s2(x)
     in_planes = 64
     for k, (planes, n, stride) in enumerate(zip(_WIDTHS, self.num_blocks, _STRIDES), start=1):
-      x, pre = Stage(self.block, in_planes, planes, n, stride, name=f"layer{k}",
+      x, pre = residual.Stage(self.block, in_planes, planes, n, stride, name=f"layer{k}",
                      dtype=self.dtype)(x, train)
       feats.append(x)
       preacts.append(pre)
@@ -143,8 +68,9 @@ def _factory(block: Any, num_blocks: Sequence[int], depth: int):
   return make
 
 
-for _depth, _block, _blocks in [(18, BasicBlock, (2, 2, 2, 2)), (34, BasicBlock, (3, 4, 6, 3)),
-                                (50, Bottleneck, (3, 4, 6, 3))]:
+for _depth, _block, _blocks in [(18, residual.BasicBlock, (2, 2, 2, 2)),
+                                (34, residual.BasicBlock, (3, 4, 6, 3)),
+                                (50, residual.Bottleneck, (3, 4, 6, 3))]:
   register(f"imagenet_resnet{_depth}")(_factory(_block, _blocks, _depth))
 
 del _depth, _block, _blocks

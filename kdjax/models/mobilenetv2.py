@@ -11,13 +11,13 @@ Feature taps: f0 = stem output, f1..f4 = outputs of stages 1, 2, 4 and 6. Those 
 """
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import flax.linen as nn
 import jax
 
-from kdjax.models import register
-from kdjax.models import layers
+from kdjax.models import backbone, layers
+from kdjax.models.registry import register
 
 # The reference draws convs from N(0, 2 / (k * k * out_channels)), sets BN to 1 / 0 and draws the
 # Linear weight from N(0, 0.01) with zero bias.
@@ -136,7 +136,7 @@ class Classifier(nn.Module):
                         bias_init=nn.initializers.zeros, name="0", dtype=self.dtype)(x)
 
 
-class MobileNetV2(nn.Module):
+class MobileNetV2(backbone.Backbone):
   """CIFAR MobileNetV2 with expansion `expansion` (T) and width multiplier `width_mult`."""
   num_classes: int = 100
   expansion: int = 6
@@ -145,30 +145,24 @@ class MobileNetV2(nn.Module):
 
   num_stages = len(_TAPPED_STAGES)  # class constant (not a field): the f1..f4 taps
 
-  @nn.compact
-  def __call__(self, x: jax.Array, train: bool = False,
-               start_stage: Optional[int] = None) -> tuple[jax.Array, dict[str, Any]]:
-    # start_stage s: `x` is feats[s] (the tap f_s, 0 = stem) and only the later stages run.
-    start = 0 if start_stage is None else start_stage
-    if not 0 <= start <= self.num_stages:
-      raise ValueError(f"start_stage must be in [0, {self.num_stages}], got {start_stage}")
-    stem = int(32 * self.width_mult)
+  def stem(self, x: jax.Array, train: bool) -> jax.Array:
+    return ConvBNReLU(int(32 * self.width_mult), 3, stride=2, name="conv1", dtype=self.dtype)(x, train)
+
+  def run_stages(self, x: jax.Array, train: bool, start: int) -> tuple[jax.Array, list, list]:
+    # The seven inverted-residual stages live in one `blocks` list whose outputs 1, 2, 4, 6 are
+    # the taps f1..f4, so they run as one module rather than stage by stage.
     f0 = x
-    if start_stage is None:
-      f0 = ConvBNReLU(stem, 3, stride=2, name="conv1", dtype=self.dtype)(x, train)
-    x, taps = MobileBlocks(stem, self.expansion, self.width_mult, name="blocks",
+    x, taps = MobileBlocks(int(32 * self.width_mult), self.expansion, self.width_mult, name="blocks",
                            dtype=self.dtype)(f0, train, start)
+    feats = [f0, *taps]
+    return x, feats, list(feats)
+
+  def head(self, x: jax.Array, train: bool):
     # The reference widens the last conv only for multipliers above 1.
     last = int(1280 * self.width_mult) if self.width_mult > 1.0 else 1280
     x = ConvBNReLU(last, 1, name="conv2", dtype=self.dtype)(x, train)
     pooled = layers.global_avg_pool(x)  # AvgPool2d(input_size // 16, ceil_mode=True) covers the map
-    logits = Classifier(self.num_classes, last, name="classifier", dtype=self.dtype)(pooled)
-    feats = (f0, *taps)
-    return logits, {"feats": feats, "preact_feats": feats, "pooled": pooled}
-
-  def from_stage(self, h: jax.Array, stage: int, train: bool = False) -> tuple[jax.Array, dict[str, Any]]:
-    """Stages after tap `stage` and the head on `h` = `feats[stage]` (0: the stem output)."""
-    return self(h, train, start_stage=stage)
+    return Classifier(self.num_classes, last, name="classifier", dtype=self.dtype)(pooled), pooled, None
 
 
 @register("MobileNetV2")

@@ -7,14 +7,14 @@ block has stride 2 and concatenates an AvgPool2d(3, 2, 1) shortcut, a global ave
 """
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from kdjax.models import register
-from kdjax.models import layers
+from kdjax.models import backbone, layers
+from kdjax.models.registry import register
 
 # The reference keeps PyTorch's default Conv2d / BatchNorm2d / Linear init (no re-initialisation),
 # which is what layers.conv / layers.batch_norm / layers.dense default to.
@@ -69,7 +69,7 @@ class ShuffleStage(nn.Module):
     return x, preact
 
 
-class ShuffleNetV1(nn.Module):
+class ShuffleNetV1(backbone.Backbone):
   """CIFAR ShuffleNetV1 with stage widths `out_planes` and `num_blocks` blocks per stage."""
   out_planes: Sequence[int] = (240, 480, 960)
   num_blocks: Sequence[int] = (4, 8, 4)
@@ -82,33 +82,18 @@ class ShuffleNetV1(nn.Module):
     """layer1..layer3."""
     return len(self.out_planes)
 
-  @nn.compact
-  def __call__(self, x: jax.Array, train: bool = False,
-               start_stage: Optional[int] = None) -> tuple[jax.Array, dict[str, Any]]:
-    # start_stage s: `x` is feats[s] (the output of stage s, 0 = stem) and only later stages run.
-    start = 0 if start_stage is None else start_stage
-    if not 0 <= start <= self.num_stages:
-      raise ValueError(f"start_stage must be in [0, {self.num_stages}], got {start_stage}")
-    if start_stage is None:
-      x = layers.conv(24, 1, name="conv1", dtype=self.dtype)(x)
-      x = nn.relu(layers.batch_norm(train, name="bn1", dtype=self.dtype)(x))
-    feats, preacts = [x], [x]
-    in_planes = (24, *self.out_planes)[start]
-    for k, (planes, n) in enumerate(zip(self.out_planes, self.num_blocks), start=1):
-      if k <= start:
-        continue
-      x, pre = ShuffleStage(in_planes, planes, n, self.groups, name=f"layer{k}",
-                            dtype=self.dtype)(x, train)
-      feats.append(x)
-      preacts.append(pre)
-      in_planes = planes
-    pooled = layers.global_avg_pool(x)  # avg_pool2d(4) on the final 4x4 map
-    logits = layers.dense(self.num_classes, in_planes, name="linear", dtype=self.dtype)(pooled)
-    return logits, {"feats": tuple(feats), "preact_feats": tuple(preacts), "pooled": pooled}
+  def stem(self, x: jax.Array, train: bool) -> jax.Array:
+    x = layers.conv(24, 1, name="conv1", dtype=self.dtype)(x)
+    return nn.relu(layers.batch_norm(train, name="bn1", dtype=self.dtype)(x))
 
-  def from_stage(self, h: jax.Array, stage: int, train: bool = False) -> tuple[jax.Array, dict[str, Any]]:
-    """Stages `stage + 1 ..` and the head on `h` = `feats[stage]` (0: the stem output)."""
-    return self(h, train, start_stage=stage)
+  def stage(self, k: int, x: jax.Array, train: bool) -> tuple[jax.Array, jax.Array]:
+    return ShuffleStage((24, *self.out_planes)[k - 1], self.out_planes[k - 1], self.num_blocks[k - 1],
+                        self.groups, name=f"layer{k}", dtype=self.dtype)(x, train)
+
+  def head(self, x: jax.Array, train: bool):
+    pooled = layers.global_avg_pool(x)  # avg_pool2d(4) on the final 4x4 map
+    logits = layers.dense(self.num_classes, self.out_planes[-1], name="linear", dtype=self.dtype)(pooled)
+    return logits, pooled, None
 
 
 @register("ShuffleV1")

@@ -7,14 +7,14 @@ n split BasicBlocks, a 1x1 `conv2`/`bn2` to 1024 channels, a global average pool
 """
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from kdjax.models import register
-from kdjax.models import layers
+from kdjax.models import backbone, layers
+from kdjax.models.registry import register
 
 # The reference keeps PyTorch's default Conv2d / BatchNorm2d / Linear init (no re-initialisation),
 # which is what layers.conv / layers.batch_norm / layers.dense default to.
@@ -78,7 +78,7 @@ class ShuffleV2Stage(nn.Module):
     return x, preact
 
 
-class ShuffleNetV2(nn.Module):
+class ShuffleNetV2(backbone.Backbone):
   """CIFAR ShuffleNetV2; `out_channels` = three stage widths plus the final 1x1 conv width."""
   out_channels: Sequence[int] = (116, 232, 464, 1024)
   num_blocks: Sequence[int] = (3, 7, 3)
@@ -87,35 +87,20 @@ class ShuffleNetV2(nn.Module):
 
   num_stages = 3  # class constant (not a field): layer1..layer3
 
-  @nn.compact
-  def __call__(self, x: jax.Array, train: bool = False,
-               start_stage: Optional[int] = None) -> tuple[jax.Array, dict[str, Any]]:
-    # start_stage s: `x` is feats[s] (the output of stage s, 0 = stem) and only later stages run.
-    start = 0 if start_stage is None else start_stage
-    if not 0 <= start <= self.num_stages:
-      raise ValueError(f"start_stage must be in [0, {self.num_stages}], got {start_stage}")
-    if start_stage is None:
-      x = layers.conv(24, 1, name="conv1", dtype=self.dtype)(x)
-      x = nn.relu(layers.batch_norm(train, name="bn1", dtype=self.dtype)(x))
-    feats, preacts = [x], [x]
-    in_channels = (24, *self.out_channels[:3])[start]
-    for k, (channels, n) in enumerate(zip(self.out_channels[:3], self.num_blocks), start=1):
-      if k <= start:
-        continue
-      x, pre = ShuffleV2Stage(in_channels, channels, n, name=f"layer{k}", dtype=self.dtype)(x, train)
-      feats.append(x)
-      preacts.append(pre)
-      in_channels = channels
+  def stem(self, x: jax.Array, train: bool) -> jax.Array:
+    x = layers.conv(24, 1, name="conv1", dtype=self.dtype)(x)
+    return nn.relu(layers.batch_norm(train, name="bn1", dtype=self.dtype)(x))
+
+  def stage(self, k: int, x: jax.Array, train: bool) -> tuple[jax.Array, jax.Array]:
+    return ShuffleV2Stage((24, *self.out_channels[:3])[k - 1], self.out_channels[k - 1],
+                          self.num_blocks[k - 1], name=f"layer{k}", dtype=self.dtype)(x, train)
+
+  def head(self, x: jax.Array, train: bool):
     last = self.out_channels[3]
     x = layers.conv(last, 1, name="conv2", dtype=self.dtype)(x)
     x = nn.relu(layers.batch_norm(train, name="bn2", dtype=self.dtype)(x))
     pooled = layers.global_avg_pool(x)  # avg_pool2d(4) on the final 4x4 map
-    logits = layers.dense(self.num_classes, last, name="linear", dtype=self.dtype)(pooled)
-    return logits, {"feats": tuple(feats), "preact_feats": tuple(preacts), "pooled": pooled}
-
-  def from_stage(self, h: jax.Array, stage: int, train: bool = False) -> tuple[jax.Array, dict[str, Any]]:
-    """Stages `stage + 1 ..` and the head on `h` = `feats[stage]` (0: the stem output)."""
-    return self(h, train, start_stage=stage)
+    return layers.dense(self.num_classes, last, name="linear", dtype=self.dtype)(pooled), pooled, None
 
 
 @register("ShuffleV2")

@@ -1,4 +1,4 @@
-"""The tiny CNNs of a third-party DKD study on CIFAR-10 (shared/seeds/004): a 5-layer teacher
+"""The tiny CNNs of a third-party DKD study on CIFAR-10 (docs/sources.md [S4]): a 5-layer teacher
 and a 4-layer student, far smaller than anything in the DKD paper.
 
 The study gives the layer sequence but not the widths or kernel sizes; those are
@@ -21,7 +21,8 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax
 
-from kdjax.models import layers, register
+from kdjax.models import layers
+from kdjax.models.registry import register
 
 
 class SimpleCNNTeacher(nn.Module):

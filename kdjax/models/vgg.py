@@ -7,13 +7,13 @@ pool and a 512 -> classes `classifier`.
 """
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
 
-from kdjax.models import register
-from kdjax.models import layers
+from kdjax.models import backbone, layers
+from kdjax.models.registry import register
 
 # The reference draws convs from N(0, 2 / (k * k * out_channels)) with zero bias, sets BN to 1 / 0 and
 # draws the Linear weight from N(0, 0.01) with zero bias.
@@ -45,7 +45,7 @@ class VGGBlock(nn.Module):
     return x
 
 
-class VGG(nn.Module):
+class VGG(backbone.Backbone):
   """CIFAR VGG-BN; `cfg` lists the conv widths of the five blocks."""
   cfg: Sequence[Sequence[int]]
   num_classes: int = 100
@@ -56,35 +56,22 @@ class VGG(nn.Module):
     """block1..block4 (block0 is the stem: feats[0] is its output)."""
     return len(self.cfg) - 1
 
-  @nn.compact
-  def __call__(self, x: jax.Array, train: bool = False,
-               start_stage: Optional[int] = None) -> tuple[jax.Array, dict[str, Any]]:
-    # start_stage s: `x` is feats[s] (the output of block s, 0 = stem) and only later blocks run.
-    start = 0 if start_stage is None else start_stage
-    if not 0 <= start <= self.num_stages:
-      raise ValueError(f"start_stage must be in [0, {self.num_stages}], got {start_stage}")
-    # Block s (s <= 3) runs after s 2x2 pools, which gives back the input size.
-    input_size = x.shape[1] * 2**min(start, 3)
-    feats, preacts = ([], []) if start_stage is None else ([x], [x])
-    first = 0 if start_stage is None else start + 1
-    for k in range(first, len(self.cfg)):
-      widths = self.cfg[k]
-      if k and (k != 4 or input_size == 64):
-        # pool0..pool2 always; pool3 only for 64-pixel inputs, so on CIFAR block4 runs at 4x4.
-        x = layers.max_pool_2x2(x)
-      pre = VGGBlock(tuple(widths), name=f"block{k}", dtype=self.dtype)(x, train)
-      x = nn.relu(pre)
-      feats.append(x)
-      preacts.append(pre)
-    preacts[0] = feats[0]  # the reference's preact_feats[0] is the post-ReLU f0
+  def stem(self, x: jax.Array, train: bool) -> jax.Array:
+    # The reference's preact_feats[0] is the post-ReLU f0, which the contract's default gives.
+    return nn.relu(VGGBlock(tuple(self.cfg[0]), name="block0", dtype=self.dtype)(x, train))
+
+  def stage(self, k: int, x: jax.Array, train: bool) -> tuple[jax.Array, jax.Array]:
+    # pool0..pool2 always; pool3 only for 64-pixel inputs (f3 at 8x8), so on CIFAR block4 runs at 4x4.
+    if k != 4 or x.shape[1] == 8:
+      x = layers.max_pool_2x2(x)
+    pre = VGGBlock(tuple(self.cfg[k]), name=f"block{k}", dtype=self.dtype)(x, train)
+    return nn.relu(pre), pre
+
+  def head(self, x: jax.Array, train: bool):
     pooled = layers.global_avg_pool(x)  # pool4 = AdaptiveAvgPool2d(1)
     logits = layers.dense(self.num_classes, self.cfg[-1][-1], kernel_init=_LINEAR_INIT,
                           bias_init=nn.initializers.zeros, name="classifier", dtype=self.dtype)(pooled)
-    return logits, {"feats": tuple(feats), "preact_feats": tuple(preacts), "pooled": pooled}
-
-  def from_stage(self, h: jax.Array, stage: int, train: bool = False) -> tuple[jax.Array, dict[str, Any]]:
-    """Blocks `stage + 1 ..` and the head on `h` = `feats[stage]` (0: block0's output)."""
-    return self(h, train, start_stage=stage)
+    return logits, pooled, None
 
 
 def _factory(cfg_name: str):

@@ -11,13 +11,13 @@ Feature taps follow the reference: f0 is the raw stem conv and f1..f3 the raw st
 """
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import flax.linen as nn
 import jax
 
-from kdjax.models import register
-from kdjax.models import layers
+from kdjax.models import backbone, layers
+from kdjax.models.registry import register
 
 # The reference draws every conv from N(0, 2 / (k * k * out_channels)) (kaiming fan_out), sets BN to
 # weight 1 / bias 0, and zeroes the Linear bias (its weight keeps PyTorch's default init).
@@ -88,7 +88,7 @@ class NetworkBlock(nn.Module):
                      self.tap_input_preact, name="layer", dtype=self.dtype)(x, train)
 
 
-class WideResNet(nn.Module):
+class WideResNet(backbone.Backbone):
   """Pre-activation WRN-depth-widen_factor for 32x32 inputs (dropout 0)."""
   depth: int
   widen_factor: int
@@ -96,41 +96,31 @@ class WideResNet(nn.Module):
   dtype: Any = None
 
   num_stages = 3  # class constant (not a field): block1..block3
+  # Block k's first bn1 is the "preact" of stage k - 1, so blocks 2 and 3 tap their input BN.
+  preact_from_next_stage = True
 
-  @nn.compact
-  def __call__(self, x: jax.Array, train: bool = False,
-               start_stage: Optional[int] = None) -> tuple[jax.Array, dict[str, Any]]:
+  @property
+  def channels(self) -> tuple[int, ...]:
     if (self.depth - 4) % 6:
       raise ValueError(f"WRN depth must be 6n + 4, got {self.depth}")
-    n = (self.depth - 4) // 6
     k = self.widen_factor
-    channels = (16, 16 * k, 32 * k, 64 * k)
-    # start_stage s: `x` is feats[s] (the output of stage s, 0 = stem) and only later stages run.
-    start = 0 if start_stage is None else start_stage
-    if not 0 <= start <= self.num_stages:
-      raise ValueError(f"start_stage must be in [0, {self.num_stages}], got {start_stage}")
-    f = x
-    if start_stage is None:
-      f = layers.conv(channels[0], 3, kernel_init=_CONV_INIT, name="conv1", dtype=self.dtype)(x)
-    feats, preacts = [f], [f]
-    # Block k's first bn1 is the "preact" of stage k - 1, so blocks 2 and 3 tap their input BN.
-    for s in range(start + 1, self.num_stages + 1):
-      f, input_pre = NetworkBlock(channels[s - 1], channels[s], n, 1 if s == 1 else 2,
-                                  tap_input_preact=s > 1, name=f"block{s}", dtype=self.dtype)(f, train)
-      if s > 1:
-        preacts[-1] = input_pre
-      feats.append(f)
-      preacts.append(f)
-    bn1 = layers.batch_norm(train, name="bn1", dtype=self.dtype)
-    pooled = layers.global_avg_pool(nn.relu(bn1(f)))  # AvgPool2d(8) on the final 8x8 map.
-    preacts[-1] = bn1(f)  # second call, as in the reference (see WideBasicBlock.repeat_bn1)
-    logits = layers.dense(self.num_classes, channels[3], bias_init=nn.initializers.zeros,
-                          name="fc", dtype=self.dtype)(pooled)
-    return logits, {"feats": tuple(feats), "preact_feats": tuple(preacts), "pooled": pooled}
+    return (16, 16 * k, 32 * k, 64 * k)
 
-  def from_stage(self, h: jax.Array, stage: int, train: bool = False) -> tuple[jax.Array, dict[str, Any]]:
-    """Stages `stage + 1 ..` and the head on `h` = `feats[stage]` (0: the stem output)."""
-    return self(h, train, start_stage=stage)
+  def stem(self, x: jax.Array, train: bool) -> jax.Array:
+    return layers.conv(self.channels[0], 3, kernel_init=_CONV_INIT, name="conv1", dtype=self.dtype)(x)
+
+  def stage(self, k: int, x: jax.Array, train: bool) -> tuple[jax.Array, jax.Array]:
+    # Returns (block output, block k's input BN without ReLU): the previous stage's preact.
+    return NetworkBlock(self.channels[k - 1], self.channels[k], (self.depth - 4) // 6, 1 if k == 1 else 2,
+                        tap_input_preact=k > 1, name=f"block{k}", dtype=self.dtype)(x, train)
+
+  def head(self, x: jax.Array, train: bool):
+    bn1 = layers.batch_norm(train, name="bn1", dtype=self.dtype)
+    pooled = layers.global_avg_pool(nn.relu(bn1(x)))  # AvgPool2d(8) on the final 8x8 map.
+    last_preact = bn1(x)  # second call, as in the reference (see WideBasicBlock.repeat_bn1)
+    logits = layers.dense(self.num_classes, self.channels[3], bias_init=nn.initializers.zeros,
+                          name="fc", dtype=self.dtype)(pooled)
+    return logits, pooled, last_preact
 
 
 def _factory(depth: int, widen_factor: int):

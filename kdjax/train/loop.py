@@ -1,0 +1,210 @@
+"""The epoch loop of one phase, and the one writer its metrics go through.
+
+`Fitter.fit` runs the remaining epochs of a phase (the main training or a
+method's prestage) from a restored state: steps without host round-trips
+(metrics are fetched once per `log_every_steps`), then evaluation, the metrics
+writer, the best-model callback and the train-state checkpoint.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any, Callable, Optional
+
+import jax
+import ml_collections
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from kdjax import checkpoint as ckpt_lib
+from kdjax import data as data_lib
+from kdjax.errors import UserError
+from kdjax.train.step import TrainState
+
+
+class NonFiniteLossError(UserError):
+  """The loss or its gradient became NaN/inf; the run stopped without checkpointing it."""
+
+
+def log(message: str) -> None:
+  """Prints a progress line from process 0 only (every host runs the same loop)."""
+  if jax.process_index() == 0:
+    print(message, flush=True)
+
+
+def new_history() -> dict[str, Any]:
+  """The resumable record of a phase: per-epoch results, the best epoch, throughput counters."""
+  return {"epochs": [], "best_top1": -1.0, "best_epoch": -1, "train_seconds": 0.0, "train_images": 0,
+          "wall_seconds": 0.0}
+
+
+def mean_metrics(buffer: list[dict]) -> dict[str, float]:
+  """Averages a list of per-step metric dicts fetched from the device in one transfer."""
+  host = jax.device_get(buffer)
+  return {k: float(np.mean([m[k] for m in host])) for k in host[0]}
+
+
+def raise_if_nonfinite(state: TrainState, config: ml_collections.ConfigDict) -> None:
+  """Stops the run, before any checkpoint of the bad state, if a step was not finite."""
+  bad = int(state.nonfinite_step)
+  if bad >= 0:
+    raise NonFiniteLossError(
+        f"the {config.method} loss (or its gradient) was not finite at step {bad}; the run stopped "
+        "and wrote no checkpoint after it. Lower config.optim.lr, check the method's "
+        "hyperparameters, or resume from the last checkpoint.")
+
+
+class Writer:
+  """Where a phase's metrics go, from process 0 only: TensorBoard, metrics.jsonl, the progress bar."""
+
+  def __init__(self, workdir: str, progress_bar: bool = False):
+    self._on = jax.process_index() == 0
+    self._bar_on = progress_bar and self._on
+    self._bar = None
+    if self._on:
+      from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel  (optional dep)
+      self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+      self._jsonl = os.path.join(workdir, "metrics.jsonl")
+
+  def start_epoch(self, total: int, desc: str) -> None:
+    """Opens the progress bar of an epoch of `total` steps (when enabled)."""
+    if self._bar_on:
+      from tqdm import tqdm  # pylint: disable=import-outside-toplevel
+      self._bar = tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True)
+
+  def train(self, step: int, steps_done: int, summary: dict[str, float]) -> None:
+    """One logging interval's mean train metrics, ending at global step `step`."""
+    if not self._on:
+      return
+    for k, v in summary.items():
+      self._tb.add_scalar(f"train/{k}", v, step)
+    if self._bar is not None:
+      self._bar.update(steps_done)
+      self._bar.set_postfix(loss=f"{summary['loss']:.3f}", acc=f"{summary['top1']:.1f}",
+                            img_s=f"{summary['images_per_second']:.0f}")
+
+  def epoch(self, step: int, record: dict, tops: list[float]) -> None:
+    """An epoch's record (metrics.jsonl) and its test top-1 of the model and each member."""
+    if not self._on:
+      return
+    if self._bar is not None:
+      self._bar.close()
+      self._bar = None
+    self._tb.add_scalar("test/top1", tops[0], step)
+    for k, t in enumerate(tops[1:]):
+      self._tb.add_scalar(f"test/member{k}_top1", t, step)
+    with open(self._jsonl, "a") as f:
+      f.write(json.dumps(record) + "\n")
+    self._tb.flush()
+
+  def close(self) -> None:
+    if self._on:
+      if self._bar is not None:
+        self._bar.close()
+      self._tb.close()
+
+
+class Fitter:
+  """The epoch loop of one phase over the data of one run, resumable at any epoch."""
+
+  def __init__(self, config, run, dataset: data_lib.Dataset, mesh, workdir: str, name: str,
+               teacher_vars=None):
+    self.config, self.run, self.workdir, self.name = config, run, workdir, name
+    self.dataset = dataset
+    self.streaming = data_lib.is_streaming(dataset)
+    replicated = NamedSharding(mesh, P())
+    self.batch_sharding = NamedSharding(mesh, P("data"))
+    put = lambda a: jax.device_put(a, replicated)
+    self.teacher_vars = put(teacher_vars) if teacher_vars is not None else None
+    if self.streaming:
+      self.num_test = int(dataset.num_test)
+      return
+    # Resident data: the whole dataset on every device once; steps gather from it.
+    self.train_images = put(dataset.train_images)
+    self.train_labels = put(dataset.train_labels.astype(np.int32))
+    test_images, test_labels = data_lib.pad_to(dataset.test_images, dataset.test_labels.astype(np.int32),
+                                               run.eval_batch_size)
+    self.test_images, self.test_labels = put(test_images), put(test_labels)
+    self.num_test = dataset.test_images.shape[0]
+
+  def _global(self, local: np.ndarray) -> jax.Array:
+    """This process's rows of a batch -> the global batch array, sharded over every device."""
+    global_shape = (local.shape[0] * jax.process_count(), *local.shape[1:])
+    return jax.make_array_from_process_local_data(self.batch_sharding, local, global_shape)
+
+  def train_inputs(self, epoch: int):
+    """The (images, labels, perm-or-indices) arguments of each step of `epoch`."""
+    if not self.streaming:
+      perm = self.run.permute(jax.random.fold_in(self.run.data_key, epoch))
+      for _ in range(self.run.steps_per_epoch):
+        yield self.train_images, self.train_labels, perm
+      return
+    batches = self.dataset.train_batches(epoch=epoch, batch_size=self.config.batch_size,
+                                         seed=self.config.seed, process_index=jax.process_index(),
+                                         process_count=jax.process_count())
+    for _, batch in zip(range(self.run.steps_per_epoch), batches):
+      yield self._global(batch["image"]), self._global(batch["label"]), self._global(batch["index"])
+
+  def top1(self, evaluate, variables) -> list[float]:
+    """Test top-1 (%) of the model, then of each cohort member."""
+    if self.streaming:
+      correct = None
+      for batch in self.dataset.eval_batches(batch_size=self.run.eval_batch_size,
+                                             process_index=jax.process_index(),
+                                             process_count=jax.process_count()):
+        c = evaluate(variables, self._global(batch["image"]), self._global(batch["label"]))
+        correct = c if correct is None else correct + c
+      correct = np.asarray(correct)
+    else:
+      correct = np.asarray(evaluate(variables, self.test_images, self.test_labels))
+    return [100.0 * int(c) / self.num_test for c in correct.reshape(-1)]
+
+  def fit(self, state: TrainState, history: dict, checkpoints: ckpt_lib.TrainStateCheckpoints,
+          writer: Writer, on_epoch_end: Optional[Callable] = None) -> tuple[TrainState, dict]:
+    """Runs the remaining epochs; evaluates, logs and checkpoints after each."""
+    config, run = self.config, self.run
+    steps_per_epoch = run.steps_per_epoch
+    start_epoch = len(history["epochs"])
+    t_start = time.time()
+    for epoch in range(start_epoch, config.epochs):
+      epoch_metrics, buffer = [], []
+      writer.start_epoch(steps_per_epoch, f"{self.name} epoch {epoch + 1}/{config.epochs}")
+      t_epoch = t_interval = time.time()
+      images_in_interval = 0
+      for i, (images, labels, perm) in enumerate(self.train_inputs(epoch)):
+        state, metrics = run.train_step(state, self.teacher_vars, images, labels, perm)
+        buffer.append(metrics)
+        images_in_interval += config.batch_size
+        if len(buffer) == config.log_every_steps or i == steps_per_epoch - 1:
+          summary = mean_metrics(buffer)  # waits for this interval's steps only
+          raise_if_nonfinite(state, config)
+          dt = time.time() - t_interval
+          summary["images_per_second"] = images_in_interval / max(dt, 1e-9)
+          # The first interval includes compilation; keep it out of the throughput.
+          if not (epoch == start_epoch and len(epoch_metrics) == 0):
+            history["train_seconds"] += dt
+            history["train_images"] += images_in_interval
+          epoch_metrics.append(summary)
+          writer.train(epoch * steps_per_epoch + i + 1, len(buffer), summary)
+          buffer, t_interval, images_in_interval = [], time.time(), 0
+      variables = {"params": state.params["student"], "batch_stats": state.batch_stats}
+      tops = self.top1(run.evaluate, variables)
+      record = {"epoch": epoch + 1, "test_top1": tops[0], "seconds": time.time() - t_epoch}
+      if len(tops) > 1:
+        record["members_test_top1"] = tops[1:]
+      for k in epoch_metrics[0]:
+        record[f"train_{k}"] = float(np.mean([m[k] for m in epoch_metrics]))
+      history["epochs"].append(record)
+      writer.epoch((epoch + 1) * steps_per_epoch, record, tops)
+      if tops[0] > history["best_top1"]:
+        history["best_top1"], history["best_epoch"] = tops[0], epoch + 1
+        if on_epoch_end is not None:
+          on_epoch_end(variables, epoch + 1, tops[0])
+      history["wall_seconds"] = history.get("wall_seconds", 0.0) + (time.time() - t_start)
+      t_start = time.time()
+      checkpoints.save(epoch + 1, state, history)
+      log(f"[kdjax] {self.name} epoch {epoch + 1}/{config.epochs}: test top-1 {tops[0]:.2f}% "
+          f"(best {history['best_top1']:.2f}% at epoch {history['best_epoch']}), "
+          f"train loss {record['train_loss']:.4f}")
+    return state, history

@@ -1,0 +1,88 @@
+"""Optimizers: the LR schedule, PyTorch-equivalent SGD, per-pass parameter masks.
+
+Methods that bring their own optimizer (AFD's Adam, a prestage's schedule) build it
+from `create_optimizer`/`create_learning_rate_fn` or optax directly; the trainer
+only masks each pass's transformation to the parameters that pass moves.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import jax
+import ml_collections
+import optax
+
+from kdjax.methods import base as methods_base
+
+PyTree = Any
+
+
+def create_learning_rate_fn(config: ml_collections.ConfigDict, steps_per_epoch: int) -> optax.Schedule:
+  """Step-wise LR: `optim.lr`, times `lr_decay` from each 0-indexed milestone epoch on."""
+  boundaries: dict[int, float] = {}
+  for m in config.optim.lr_milestones:
+    boundaries[int(m) * steps_per_epoch] = boundaries.get(int(m) * steps_per_epoch, 1.0) * config.optim.lr_decay
+  return optax.piecewise_constant_schedule(config.optim.lr, boundaries)
+
+
+def create_optimizer(config: ml_collections.ConfigDict, lr_fn: optax.Schedule) -> optax.GradientTransformation:
+  """PyTorch SGD: coupled L2 on every parameter, then momentum (no dampening), then -lr."""
+  return optax.chain(
+      optax.add_decayed_weights(config.optim.weight_decay),
+      optax.sgd(lr_fn, momentum=config.optim.momentum or None, nesterov=config.optim.nesterov))
+
+
+def path_names(path) -> tuple[str, ...]:
+  """A pytree key path as a tuple of names, e.g. ('student', 'layer1', '0', 'conv1', 'kernel')."""
+  return tuple(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+
+
+def masked(tx: optax.GradientTransformation, trains) -> optax.GradientTransformation:
+  """`tx` on the parameters `trains(path)` accepts; the others get no update at all."""
+  if trains is methods_base.trains_all:
+    return tx
+
+  def labels(params):
+    return jax.tree_util.tree_map_with_path(
+        lambda path, _: "on" if trains(path_names(path)) else "off", params)
+
+  return optax.multi_transform({"on": tx, "off": optax.set_to_zero()}, labels)
+
+
+def create_optimizers(config: ml_collections.ConfigDict, method: methods_base.Method, lr_fn: optax.Schedule,
+                      steps_per_epoch: int, main_optimizer=None) -> tuple[optax.GradientTransformation, ...]:
+  """One masked optimizer per pass of the step: the method's main loss, then its extra updates."""
+  run_tx = create_optimizer(config, lr_fn)
+  main = main_optimizer(steps_per_epoch) if main_optimizer is not None else run_tx
+  txs = [masked(main, method.trains)]
+  for update in method.extra_updates:
+    txs.append(masked(update.optimizer(steps_per_epoch) if update.optimizer is not None else run_tx,
+                      update.trains))
+  return tuple(txs)
+
+
+def as_passes(tx) -> tuple[optax.GradientTransformation, ...]:
+  """`tx` as a tuple with one transformation per pass (a single transformation is one pass)."""
+  if isinstance(tx, optax.GradientTransformation) or not isinstance(tx, (list, tuple)):
+    return (tx,)
+  return tuple(tx)
+
+
+def init_opt_state(tx, params: PyTree) -> PyTree:
+  """Optimizer state for `params`: the single pass's own, or a tuple with one per pass.
+
+  A single-pass method keeps its bare state (not a 1-tuple) so that checkpoints
+  written before multi-pass methods existed still restore.
+  """
+  txs = as_passes(tx)
+  return txs[0].init(params) if len(txs) == 1 else tuple(t.init(params) for t in txs)
+
+
+def pass_opt_states(txs: Sequence[optax.GradientTransformation], opt_state: PyTree) -> tuple[PyTree, ...]:
+  """The per-pass view of `opt_state` (the inverse of `init_opt_state`'s packing)."""
+  return tuple(opt_state) if len(txs) > 1 else (opt_state,)
+
+
+def pack_opt_states(states: Sequence[PyTree]) -> PyTree:
+  """Packs per-pass optimizer states the way `init_opt_state` does."""
+  return tuple(states) if len(states) > 1 else states[0]

@@ -1,0 +1,345 @@
+"""The phases of a run: teachers -> prestage -> main training -> export.
+
+`train_and_evaluate` runs what `plan` lists (each teacher that must be trained
+first, then the run itself); one run loads its data and teachers, runs the
+method's prestage if it has one, the resumable main training, and exports the
+student (and each cohort member) as model directories plus `results.json`.
+`build` assembles the jitted pieces of one phase over a 1-D device mesh: state,
+teacher and resident dataset replicated, batch sharded on its leading axis, so
+BatchNorm statistics are over the global batch as on the references' one GPU.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+import os
+import time
+from typing import Any, Callable, Optional
+
+from absl import logging
+import jax
+import ml_collections
+import optax
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from kdjax import checkpoint as ckpt_lib
+from kdjax import data as data_lib
+from kdjax import methods as methods_lib
+from kdjax import models as models_lib
+from kdjax.errors import UserError
+from kdjax.train import loop, optim, step as step_lib
+from kdjax.train import teachers as teachers_lib
+
+
+def check_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
+  """Rejects configs that cannot run, with the fix in the message."""
+  if not models_lib.exists(config.model):
+    raise UserError(f"unknown model {config.model!r} (config.model); valid models: "
+                    f"{', '.join(models_lib.names())}")
+  if config.batch_size % num_devices:
+    raise UserError(f"config.batch_size={config.batch_size} is not divisible by the "
+                    f"{num_devices} devices; pick a multiple of {num_devices}.")
+  path = config.teacher.checkpoint
+  if path and not os.path.exists(path):
+    raise ckpt_lib.CheckpointError(
+        f"teacher checkpoint {path!r} (config.teacher.checkpoint) does not exist. Give a kdjax run "
+        "workdir, a directory from `python -m kdjax.convert`, a PyTorch .pth file, or leave it "
+        "empty to train the teacher first.")
+  if config.dtype not in ("float32", "bfloat16"):
+    raise UserError(f"config.dtype={config.dtype!r}; valid: 'float32', 'bfloat16'.")
+  if config.teacher.bn_mode not in ("eval", "batch_stats"):
+    raise UserError(f"config.teacher.bn_mode={config.teacher.bn_mode!r}; valid: 'eval', 'batch_stats'.")
+  if config.data.views < 1:
+    raise UserError(f"config.data.views={config.data.views}; it must be >= 1.")
+
+
+def run_name(config: ml_collections.ConfigDict) -> str:
+  """`<method>_<teacher>_<student>` (or `<method>_<student>` without a teacher)."""
+  parts = [config.method] + ([config.teacher.arch] if config.teacher.arch else []) + [config.model]
+  return "_".join(parts)
+
+
+def default_workdir(config: ml_collections.ConfigDict) -> str:
+  """`runs/<method>_<teacher>_<student>`, the CLI's workdir when none is given."""
+  return os.path.join("runs", run_name(config))
+
+
+def make_mesh(devices: list) -> jax.sharding.Mesh:
+  """A 1-D data-parallel mesh over `devices`."""
+  return jax.make_mesh((len(devices),), ("data",), devices=devices,
+                       axis_types=(jax.sharding.AxisType.Auto,))
+
+
+def load_dataset(config: ml_collections.ConfigDict) -> data_lib.Dataset:
+  """The run's dataset, resized at load time when `config.data.image_size` asks for it."""
+  kwargs = {"data_dir": config.data.data_dir or None, "download": config.data.download}
+  if config.data.manual_dir:
+    kwargs["manual_dir"] = config.data.manual_dir
+  if config.data.unlabelled:
+    kwargs["unlabelled"] = True
+  if config.data.image_size:
+    kwargs["image_size"] = config.data.image_size
+  return data_lib.load(config.data.name, **kwargs)
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+  """The compiled pieces of one phase, built by `build`."""
+  state: step_lib.TrainState
+  train_step: Callable  # (state, teacher_vars, images, labels, perm) -> (state, metrics)
+  permute: Callable     # key -> permutation of the training set
+  evaluate: Callable    # (variables, images, labels) -> correct counts [model, members...]
+  lr_fn: optax.Schedule
+  steps_per_epoch: int
+  eval_batch_size: int
+  data_key: jax.Array
+  tx: tuple             # one optimizer per pass
+
+
+def build(config: ml_collections.ConfigDict, dataset: data_lib.Dataset, mesh: jax.sharding.Mesh,
+          teacher_model=None, teacher_vars=None, *, method: Optional[methods_lib.Method] = None,
+          teacher_inputs=None, main_optimizer=None, main_learning_rate=None) -> Run:
+  """Initial state and jitted step/eval functions for `config` on `mesh` (state replicated, batch sharded).
+
+  `teacher_model`/`teacher_vars`/`teacher_inputs` are as `teachers.step_inputs` gives
+  them: one teacher, or lists for an ensemble (`TeacherInput` None: same data).
+  """
+  replicated = NamedSharding(mesh, P())
+  batch_sharding = NamedSharding(mesh, P("data"))
+  method = method or methods_lib.get(config.method, config)
+  model = models_lib.get(config.model, num_classes=dataset.num_classes,
+                         dtype=models_lib.compute_dtype(config.dtype))
+  streaming = data_lib.is_streaming(dataset)
+  num_train = data_lib.num_train(dataset)
+  steps_per_epoch = num_train // config.batch_size
+  if steps_per_epoch == 0:
+    raise UserError(f"config.batch_size={config.batch_size} exceeds the {num_train} training images.")
+  lr_fn = optim.create_learning_rate_fn(config, steps_per_epoch)
+  tx = optim.create_optimizers(config, method, lr_fn, steps_per_epoch, main_optimizer)
+  if main_learning_rate is not None:
+    lr_fn = main_learning_rate(steps_per_epoch)  # what the main pass's own optimizer follows
+
+  init_key, data_key, aug_key = jax.random.split(jax.random.key(config.seed), 3)
+  ensemble = isinstance(teacher_model, (list, tuple))
+  first_teacher_vars = (teacher_vars[0] if ensemble else teacher_vars) if teacher_vars is not None else None
+  data_info = {"num_train": num_train, "num_classes": dataset.num_classes,
+               "train_labels": None if streaming else dataset.train_labels,
+               "teacher_variables": first_teacher_vars}
+  teacher_out_fn = None
+  if teacher_model is not None:
+    forward = teachers_lib.make_teacher_forward(teacher_model, mean=dataset.mean, std=dataset.std,
+                                                teacher_inputs=teacher_inputs, bn_mode="eval")
+    teacher_out_fn = lambda x: forward(teacher_vars, x, jax.random.key(0))
+  state = jax.jit(functools.partial(step_lib.create_train_state, model=model, method=method, tx=tx,
+                                    image_shape=data_lib.image_shape(dataset),
+                                    teacher_out_fn=teacher_out_fn, data_info=data_info),
+                  out_shardings=replicated)(init_key)
+  train_step = jax.jit(
+      step_lib.make_train_step(model, method, tx, lr_fn, teacher_model, batch_size=config.batch_size,
+                               steps_per_epoch=steps_per_epoch, mean=dataset.mean, std=dataset.std,
+                               crop_padding=config.data.crop_padding, flip=config.data.flip,
+                               aug_key=aug_key, batch_sharding=batch_sharding,
+                               teacher_inputs=teacher_inputs, teacher_bn_mode=config.teacher.bn_mode,
+                               views=config.data.views, streaming=streaming),
+      out_shardings=(replicated, replicated), donate_argnums=(0,))
+  permute = jax.jit(lambda key: jax.random.permutation(key, num_train), out_shardings=replicated)
+  num_devices = mesh.devices.size
+  eval_bs = math.ceil(config.eval_batch_size / num_devices) * num_devices
+  evaluate = jax.jit(step_lib.make_eval_fn(model, eval_batch_size=eval_bs, mean=dataset.mean,
+                                           std=dataset.std, batch_sharding=batch_sharding,
+                                           streaming=streaming))
+  return Run(state=state, train_step=train_step, permute=permute, evaluate=evaluate, lr_fn=lr_fn,
+             steps_per_epoch=steps_per_epoch, eval_batch_size=eval_bs, data_key=data_key, tx=tx)
+
+
+def plan(config: ml_collections.ConfigDict, workdir: str) -> list[tuple[ml_collections.ConfigDict, str]]:
+  """The runs `train_and_evaluate` makes, in order: each teacher to train first, then `config`."""
+  runs = []
+  if methods_lib.get(config.method, config).needs_teacher:
+    streaming = data_lib.streams(config.data.name)
+    for teacher_config, path in teachers_lib.pending(config, config.data.name, workdir, streaming):
+      runs += plan(teacher_config, path)
+  return runs + [(config, workdir)]
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Trains `config.model` with `config.method` (its missing teachers first); returns results.json."""
+  workdir = os.path.abspath(workdir)
+  if _finished(config, workdir) is None:
+    check_config(config, jax.device_count())  # before any teacher trains for a run that cannot start
+  runs = plan(config, workdir) if _finished(config, workdir) is None else [(config, workdir)]
+  for teacher_config, path in runs[:-1]:
+    logging.info("no teacher checkpoint given: training the %s teacher into %s first (a later run "
+                 "reuses it).", teacher_config.model, path)
+    loop.log(f"[kdjax] no teacher checkpoint given (config.teacher.checkpoint): training "
+             f"{teacher_config.model} on {teacher_config.data.name} into {path} first; later runs reuse it.")
+    _train_one(teacher_config, path)
+  return _train_one(config, workdir)
+
+
+def _finished(config: ml_collections.ConfigDict, workdir: str) -> Optional[dict[str, Any]]:
+  """The results of a finished run of `config.epochs` in `workdir`, else None."""
+  path = os.path.join(workdir, "results.json")
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    results = json.load(f)
+  return results if results.get("epochs") == config.epochs else None
+
+
+def _run_prestage(config, method: methods_lib.Method, dataset, mesh, workdir: str,
+                  teachers: list[teachers_lib.Teacher]) -> step_lib.TrainState:
+  """Runs (or resumes, or reuses) the method's prestage under `<workdir>/prestage`; its final state."""
+  prestage = method.prestage
+  update = prestage.update
+  pre_method = dataclasses.replace(method, loss=update.loss, trains=update.trains, extra_updates=(),
+                                   prestage=None)
+  pre_config = ml_collections.ConfigDict(config.to_dict())
+  pre_config.epochs = prestage.epochs
+  modules, variables, inputs = teachers_lib.step_inputs(teachers, teachers_lib.is_ensemble(config))
+  run = build(pre_config, dataset, mesh, modules, variables, method=pre_method, teacher_inputs=inputs,
+              main_optimizer=update.optimizer, main_learning_rate=update.learning_rate)
+  directory = os.path.join(workdir, "prestage")
+  checkpoints = ckpt_lib.TrainStateCheckpoints(os.path.join(directory, "checkpoints"))
+  state, history = run.state, loop.new_history()
+  if checkpoints.latest_epoch() is not None:
+    state, history = checkpoints.restore(state)
+  if len(history["epochs"]) < prestage.epochs:
+    loop.log(f"[kdjax] {config.method}: prestage of {prestage.epochs} epoch(s) into {directory}")
+  writer = loop.Writer(directory, config.progress_bar)
+  try:
+    fitter = loop.Fitter(pre_config, run, dataset, mesh, directory, f"{config.method} prestage", variables)
+    state, _ = fitter.fit(state, history, checkpoints, writer)
+  finally:
+    writer.close()
+    checkpoints.close()
+  return state
+
+
+def _teacher_top1(fitter: loop.Fitter, run: Run, mesh, dataset, teachers) -> list[float]:
+  """Test top-1 of each teacher trained on this dataset (others have none on this test set)."""
+  tops = []
+  for t in teachers:
+    if t.input is not None or t.meta.get("dataset", dataset.name) != dataset.name:
+      continue
+    evaluate = jax.jit(step_lib.make_eval_fn(t.module, eval_batch_size=run.eval_batch_size,
+                                             mean=dataset.mean, std=dataset.std,
+                                             batch_sharding=NamedSharding(mesh, P("data"))))
+    tops.append(fitter.top1(evaluate, jax.device_put(t.variables, NamedSharding(mesh, P())))[0])
+  return tops
+
+
+def _train_one(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """One run whose teachers exist: prestage, resumable main training, export, results.json."""
+  done = _finished(config, workdir)
+  if done is not None:
+    loop.log(f"[kdjax] {workdir} already holds a finished run (results.json); nothing to do.")
+    return done
+  devices = jax.devices()
+  check_config(config, len(devices))
+  method = methods_lib.get(config.method, config)
+  dataset = load_dataset(config)
+  os.makedirs(workdir, exist_ok=True)
+  teachers = teachers_lib.load_teachers(config, dataset, workdir, method) if method.needs_teacher else []
+  modules, teacher_vars, inputs = teachers_lib.step_inputs(teachers, teachers_lib.is_ensemble(config))
+  t_start = time.time()  # a teacher trained on the way has its own results.json
+
+  mesh = make_mesh(devices)
+  checkpoints = ckpt_lib.TrainStateCheckpoints(os.path.join(workdir, "checkpoints"))
+  prestaged = None
+  if method.prestage is not None and checkpoints.latest_epoch() is None:
+    prestaged = _run_prestage(config, method, dataset, mesh, workdir, teachers)
+  run = build(config, dataset, mesh, modules, teacher_vars, method=method, teacher_inputs=inputs)
+  state = run.state
+  if prestaged is not None:
+    # The main training starts from the prestage's parameters with a fresh optimizer.
+    state = state.replace(params=prestaged.params, batch_stats=prestaged.batch_stats,
+                          method_state=prestaged.method_state,
+                          opt_state=jax.jit(functools.partial(optim.init_opt_state, run.tx))(prestaged.params))
+  history = loop.new_history()
+  if checkpoints.latest_epoch() is not None:
+    state, history = checkpoints.restore(state)
+    loop.log(f"[kdjax] resumed from {workdir} after epoch {checkpoints.latest_epoch()}.")
+
+  fitter = loop.Fitter(config, run, dataset, mesh, workdir, run_name(config), teacher_vars)
+  if teachers and "teacher_top1" not in history:
+    tops = _teacher_top1(fitter, run, mesh, dataset, teachers)
+    if tops:
+      history["teacher_top1"] = tops[0] if len(tops) == 1 else tops
+      loop.log(f"[kdjax] teacher(s) {config.teacher.arch or ','.join(config.teachers)}: test top-1 {tops}")
+
+  def save_best(variables, epoch, top1):
+    ckpt_lib.save_model(os.path.join(workdir, "best"), variables, model_meta(config, dataset, epoch, top1))
+
+  writer = loop.Writer(workdir, config.progress_bar)
+  history["wall_seconds"] = history.get("wall_seconds", 0.0) + (time.time() - t_start)
+  try:
+    state, history = fitter.fit(state, history, checkpoints, writer, on_epoch_end=save_best)
+  finally:
+    writer.close()
+    checkpoints.close()
+  t_start = time.time()
+  return _export(config, dataset, workdir, state, history, devices, t_start)
+
+
+def _export(config, dataset, workdir: str, state, history: dict, devices, t_start: float) -> dict[str, Any]:
+  """Writes the final model (and each cohort member) and results.json; returns the results."""
+  variables = {"params": state.params["student"], "batch_stats": state.batch_stats}
+  last = history["epochs"][-1] if history["epochs"] else {}
+  last_top1 = last.get("test_top1", float("nan"))
+  ckpt_lib.save_model(os.path.join(workdir, "model"), variables,
+                      model_meta(config, dataset, config.epochs, last_top1))
+  members = _export_members(config, dataset, workdir, variables, last.get("members_test_top1"))
+  history["wall_seconds"] = history.get("wall_seconds", 0.0) + (time.time() - t_start)
+  results = {
+      "method": config.method, "teacher": config.teacher.arch or (list(config.teachers) or None),
+      "student": config.model,
+      "dataset": dataset.name, "epochs": config.epochs, "seed": config.seed,
+      "best_top1": history["best_top1"], "best_epoch": history["best_epoch"],
+      "last_top1": last_top1, "teacher_top1": history.get("teacher_top1"),
+      "wall_seconds": history["wall_seconds"],
+      "images_per_second": history["train_images"] / max(history["train_seconds"], 1e-9),
+      "devices": f"{len(devices)} x {devices[0].device_kind}",
+      "config": config.to_dict(),
+  }
+  if members:
+    results["members"] = members
+  if jax.process_index() == 0:
+    results_path = os.path.join(workdir, "results.json")
+    with open(results_path + ".tmp", "w") as f:
+      json.dump(results, f, indent=2, default=str)
+    os.replace(results_path + ".tmp", results_path)
+  return results
+
+
+def _export_members(config, dataset, workdir: str, variables: dict, last_tops) -> list[dict]:
+  """Exports each member of a cohort model as its own model dir; their results entries."""
+  if "+" not in config.model:
+    return []
+  names = config.model.split("+")
+  history_path = os.path.join(workdir, "metrics.jsonl")
+  per_epoch = []
+  if os.path.exists(history_path):
+    with open(history_path) as f:
+      per_epoch = [json.loads(line).get("members_test_top1") for line in f if line.strip()]
+  out = []
+  for k, arch in enumerate(names):
+    member = {"params": variables["params"][f"member{k}"],
+              "batch_stats": variables["batch_stats"].get(f"member{k}", {})}
+    meta = dict(model_meta(config, dataset, config.epochs, last_tops[k] if last_tops else float("nan")),
+                arch=arch)
+    path = os.path.join(workdir, "members", f"member{k}")
+    ckpt_lib.save_model(path, member, meta)
+    tops = [e[k] for e in per_epoch if e]
+    out.append({"arch": arch, "model_dir": path, "last_top1": last_tops[k] if last_tops else None,
+                "best_top1": max(tops) if tops else None})
+  return out
+
+
+def model_meta(config, dataset: data_lib.Dataset, epoch: int, top1: float) -> dict:
+  """What a model directory records: enough to refuse it for the wrong use."""
+  return {"arch": config.model, "num_classes": dataset.num_classes, "dataset": dataset.name,
+          "mean": list(dataset.mean), "std": list(dataset.std), "epoch": epoch, "test_top1": top1,
+          "method": config.method, "image_size": int(data_lib.image_shape(dataset)[0])}

@@ -1,0 +1,203 @@
+"""The compiled step: train state, one train step, one evaluation.
+
+`train_step` and `evaluate` are top-level pure functions of their arrays plus a
+frozen spec (`StepSpec`, `EvalSpec`) bound with `functools.partial`, as in flax's
+examples/imagenet. One train step = on-device batch selection and augmentation +
+teacher forward (stop_gradient) + each of the method's passes (forward, backward,
+masked optax update). Everything that varies per run (state, teacher variables,
+data) is an argument, so the step maps over a leading axis with `jax.vmap`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Callable, Optional, Sequence
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+
+from kdjax import methods as methods_lib
+from kdjax.data import augment
+from kdjax.train import optim
+from kdjax.train import teachers as teachers_lib
+
+PyTree = Any
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything the step updates; the trainable tree is {'student': ..., 'method': ...}."""
+  step: jax.Array
+  params: PyTree
+  batch_stats: PyTree
+  method_state: PyTree
+  opt_state: PyTree
+  # -1, or the first step whose loss/gradient was not finite (its update is skipped).
+  nonfinite_step: jax.Array
+
+
+def create_train_state(rng: jax.Array, model, method: methods_lib.Method, tx,
+                       image_shape: tuple[int, ...], teacher_out_fn=None,
+                       data_info: Optional[dict[str, Any]] = None) -> TrainState:
+  """Initialises the student, the method's own parameters/state and the optimizer."""
+  model_key, method_key = jax.random.split(rng)
+  x = jnp.zeros((2, *image_shape), jnp.float32)
+  variables = model.init(model_key, x, train=False)
+  student_out = model.apply(variables, x, train=False)
+  teacher_out = teacher_out_fn(x) if teacher_out_fn is not None else None
+  method_params, method_state = method.init(method_key, student_out, teacher_out, data_info or {})
+  params = {"student": variables["params"], "method": method_params}
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                    batch_stats=variables.get("batch_stats", {}), method_state=method_state,
+                    opt_state=optim.init_opt_state(tx, params), nonfinite_step=-jnp.ones((), jnp.int32))
+
+
+@dataclasses.dataclass(frozen=True)
+class StepSpec:
+  """What a train step holds constant: the networks, the passes and the data recipe."""
+  model: Any
+  passes: tuple[methods_lib.Update, ...]  # the method's main loss, then its extra updates
+  txs: tuple[optax.GradientTransformation, ...]  # one (masked) optimizer per pass
+  lr_fn: optax.Schedule
+  teacher_forward: Optional[Callable]  # (teacher_vars, x, key) -> teacher_out, or None
+  batch_size: int
+  steps_per_epoch: int
+  mean: Sequence[float]
+  std: Sequence[float]
+  crop_padding: int
+  flip: bool
+  aug_key: jax.Array
+  batch_sharding: Any
+  views: int = 1
+  streaming: bool = False
+
+
+def select_batch(spec: StepSpec, step, images, labels, perm, key):
+  """(student input, teacher input, labels, indices) of this step, augmented on device.
+
+  Resident data (CIFAR): `images`/`labels` are the whole training set on device and
+  `perm` this epoch's order. Streaming data (ImageNet): they are this step's
+  augmented global batch and `perm` its examples' indices.
+  """
+  if spec.streaming:
+    x = augment.normalize(images, spec.mean, spec.std)
+    return x, x, labels, perm
+  i = step % spec.steps_per_epoch
+  idx = jax.lax.dynamic_slice_in_dim(perm, i * spec.batch_size, spec.batch_size)
+  idx = jax.lax.with_sharding_constraint(idx, spec.batch_sharding)
+  raw = images[idx]
+  keys = jax.random.split(key, spec.views)
+  xs = [augment.normalize(augment.random_crop_flip(k, raw, spec.crop_padding, spec.flip), spec.mean, spec.std)
+        for k in keys]
+  # Several views (one per cohort member) stack on a leading axis; the teacher sees the first.
+  return (xs[0] if spec.views == 1 else jnp.stack(xs)), xs[0], labels[idx], idx
+
+
+def train_step(state: TrainState, teacher_vars, images, labels, perm, *, spec: StepSpec):
+  """One step of every pass of the method; `(new_state, metrics)`. A non-finite step is skipped."""
+  crop_key, method_key, dropout_key, teacher_key = jax.random.split(
+      jax.random.fold_in(spec.aug_key, state.step), 4)
+  x, x_teacher, y, idx = select_batch(spec, state.step, images, labels, perm, crop_key)
+  progress = methods_lib.Progress(step=state.step, epoch=state.step // spec.steps_per_epoch)
+  teacher_out = None
+  if spec.teacher_forward is not None:
+    teacher_out = spec.teacher_forward(teacher_vars, x_teacher, teacher_key)
+
+  params, batch_stats, method_state = state.params, state.batch_stats, state.method_state
+  opt_states = optim.pass_opt_states(spec.txs, state.opt_state)
+  new_opt_states, metrics, finite, total, logits = [], {}, jnp.array(True), 0.0, None
+  for k, (update, tx_k) in enumerate(zip(spec.passes, spec.txs)):
+    batch = {"label": y, "index": idx, "rng": jax.random.fold_in(method_key, k)}
+
+    def loss_fn(p, update=update, batch_stats=batch_stats, method_state=method_state, k=k):
+      out, mutated = spec.model.apply({"params": p["student"], "batch_stats": batch_stats},
+                                      x, train=True, mutable=["batch_stats"],
+                                      rngs={"dropout": jax.random.fold_in(dropout_key, k)})
+      loss, pass_metrics, new_method_state = update.loss(p["method"], method_state, out,
+                                                         teacher_out, batch, progress)
+      return loss, (pass_metrics, mutated["batch_stats"], new_method_state, out[0])
+
+    (loss, (pass_metrics, batch_stats, method_state, pass_logits)), grads = jax.value_and_grad(
+        loss_fn, has_aux=True)(params)
+    updates, opt_state_k = tx_k.update(grads, opt_states[k], params)
+    params = optax.apply_updates(params, updates)
+    new_opt_states.append(opt_state_k)
+    finite = finite & jnp.isfinite(loss) & jnp.isfinite(optax.tree.norm(grads))
+    metrics.update(pass_metrics)
+    if k > 0:
+      metrics[f"loss_pass{k}"] = loss
+    total = total + loss
+    logits = pass_logits if logits is None else logits
+  # An overflow can also appear only in the update (finite gradient, inf parameters).
+  finite = finite & jnp.isfinite(optax.tree.norm(params))
+  updated = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
+                          method_state=method_state, opt_state=optim.pack_opt_states(new_opt_states))
+  # A non-finite step leaves the state untouched and records where it happened;
+  # the host stops the run before the next checkpoint.
+  skipped = state.replace(step=state.step + 1, nonfinite_step=jnp.where(
+      state.nonfinite_step < 0, state.step, state.nonfinite_step))
+  new_state = jax.tree.map(lambda a, b: jnp.where(finite, a, b), updated, skipped)
+  metrics = dict(metrics, loss=total, lr=spec.lr_fn(state.step),
+                 top1=100.0 * jnp.sum(jnp.argmax(logits, -1) == y) / jnp.maximum(jnp.sum(y >= 0), 1))
+  return new_state, metrics
+
+
+def step_spec(model, method: methods_lib.Method, tx, lr_fn, teacher_model, *, teacher_inputs=None,
+              teacher_bn_mode: str = "eval", **data) -> StepSpec:
+  """The `StepSpec` of `method` with optimizer(s) `tx` (one per pass) and teacher(s) `teacher_model`."""
+  txs = optim.as_passes(tx)
+  passes = (methods_lib.base.Update(method.loss, method.trains),) + tuple(method.extra_updates)
+  if len(txs) != len(passes):
+    raise ValueError(f"method {method.name!r} has {len(passes)} passes but {len(txs)} optimizers")
+  forward = None
+  if teacher_model is not None:
+    forward = teachers_lib.make_teacher_forward(teacher_model, mean=data["mean"], std=data["std"],
+                                                teacher_inputs=teacher_inputs, bn_mode=teacher_bn_mode)
+  return StepSpec(model=model, passes=passes, txs=txs, lr_fn=lr_fn, teacher_forward=forward, **data)
+
+
+def make_train_step(model, method: methods_lib.Method, tx, lr_fn, teacher_model, **kwargs) -> Callable:
+  """`train_step(state, teacher_vars, images, labels, perm) -> (state, metrics)` for `method`."""
+  return functools.partial(train_step, spec=step_spec(model, method, tx, lr_fn, teacher_model, **kwargs))
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalSpec:
+  """What an evaluation holds constant."""
+  model: Any
+  eval_batch_size: int
+  mean: Sequence[float]
+  std: Sequence[float]
+  batch_sharding: Any
+  streaming: bool = False
+
+
+def correct_counts(spec: EvalSpec, variables, x, y) -> jax.Array:
+  """Correct predictions of the model, then of each cohort member, on one batch (label -1 never counts)."""
+  x = jax.lax.with_sharding_constraint(x, spec.batch_sharding)
+  logits, features = spec.model.apply(variables, augment.normalize(x, spec.mean, spec.std), train=False)
+  heads = [logits] + [m[0] for m in features.get("members", ())] if isinstance(features, dict) else [logits]
+  return jnp.stack([jnp.sum((jnp.argmax(h, -1) == y) & (y >= 0)) for h in heads])
+
+
+def evaluate(variables, images, labels, *, spec: EvalSpec) -> jax.Array:
+  """Correct counts over a padded resident test set (streaming: over one eval batch)."""
+  if spec.streaming:
+    return correct_counts(spec, variables, images, labels)
+  bs = spec.eval_batch_size
+  shape = jax.eval_shape(functools.partial(correct_counts, spec), variables, images[:bs], labels[:bs]).shape
+
+  def body(b, correct):
+    x = jax.lax.dynamic_slice_in_dim(images, b * bs, bs)
+    y = jax.lax.dynamic_slice_in_dim(labels, b * bs, bs)
+    return correct + correct_counts(spec, variables, x, y)
+
+  return jax.lax.fori_loop(0, images.shape[0] // bs, body, jnp.zeros(shape, jnp.int32))
+
+
+def make_eval_fn(model, *, eval_batch_size: int, mean, std, batch_sharding, streaming: bool = False):
+  """`evaluate(variables, images, labels) -> correct counts` (model first, then cohort members)."""
+  return functools.partial(evaluate, spec=EvalSpec(model, eval_batch_size, mean, std, batch_sharding,
+                                                   streaming))
