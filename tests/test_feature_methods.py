@@ -22,8 +22,8 @@ import numpy as np
 import pytest
 import torch
 
-from kdjax import methods, models, recipes
-from kdjax.methods import _common, fitnet
+from kdjax import methods, models, ops, recipes
+from kdjax.methods import fitnet
 from tests.torch_reference import feature_losses as ref
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -334,7 +334,7 @@ def test_fitnet_regressor_branches_match_torch(shapes):
 def test_adaptive_pool_matches_torch_on_uneven_windows():
   x = np.random.default_rng(0).standard_normal((2, 7, 5, 3)).astype(np.float32)
   expected = torch.nn.functional.adaptive_avg_pool2d(torch.tensor(_nchw(x)), (3, 2)).numpy()
-  np.testing.assert_allclose(_common.adaptive_avg_pool(jnp.asarray(x), (3, 2)), _nhwc(expected),
+  np.testing.assert_allclose(ops.adaptive_avg_pool(jnp.asarray(x), (3, 2)), _nhwc(expected),
                              rtol=1e-6, atol=1e-6)
 
 

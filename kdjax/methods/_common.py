@@ -1,25 +1,23 @@
 """Numerics and plumbing shared by the feature baselines (a leading '_': not a method file).
 
-* `l2_normalize`: PyTorch's `F.normalize` (divide by max(||x||, eps)) written as
-  x * rsqrt(max(sum x^2, eps^2)), so value and gradient are finite at x = 0
-  (docs/methods.md §8.4), where `x / jnp.linalg.norm(x)` gives NaN gradients.
-* `adaptive_avg_pool` / `match_spatial`: `F.adaptive_avg_pool2d` on NHWC maps, and
-  the references' rule of pooling the larger of two maps down to the smaller one.
+* `match_spatial`: the references' rule of pooling the larger of two maps down to
+  the smaller one (`kdjax.ops.adaptive_avg_pool`, PyTorch's bins);
 * `ce_plus_feature_method`: the composition every baseline here uses,
   `ce_weight * CE + feat_weight * term` (RepDistiller `-r 1 -a 0 -b w`,
-  mdistiller `CE_WEIGHT` / `FEAT_WEIGHT`).
+  mdistiller `CE_WEIGHT` / `FEAT_WEIGHT`); `register_feature_method` declares
+  such a method from its term, its optional init and its defaults.
 """
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, Sequence
 
 import jax
-import jax.numpy as jnp
-import numpy as np
 import optax
 
+from kdjax import ops, torch_optim
 from kdjax.errors import UserError
-from kdjax.methods import base
+from kdjax.methods import base, registry
 
 PyTree = Any
 Features = dict[str, Any]
@@ -27,39 +25,13 @@ Features = dict[str, Any]
 TermFn = Callable[[PyTree, PyTree, Features, Features], tuple[jax.Array, PyTree]]
 
 
-def l2_normalize(x: jax.Array, axis: int = -1, eps: float = 1e-12) -> jax.Array:
-  """x / max(||x||_2, eps) along `axis` (torch `F.normalize`), finite gradient at x = 0."""
-  sq = jnp.sum(jnp.square(x), axis=axis, keepdims=True)
-  # max(||x||, eps) = sqrt(max(||x||^2, eps^2)); the max keeps rsqrt away from 0 in both passes.
-  return x * jax.lax.rsqrt(jnp.maximum(sq, eps * eps))
-
-
-def _pool_matrix(n_in: int, n_out: int) -> np.ndarray:
-  """(n_out, n_in) averaging matrix of adaptive pooling windows [floor(i n/o), ceil((i+1) n/o))."""
-  m = np.zeros((n_out, n_in), np.float32)
-  for i in range(n_out):
-    start, end = (i * n_in) // n_out, -((-(i + 1) * n_in) // n_out)
-    m[i, start:end] = 1.0 / (end - start)
-  return m
-
-
-def adaptive_avg_pool(x: jax.Array, size: tuple[int, int]) -> jax.Array:
-  """`F.adaptive_avg_pool2d(x, size)` for an NHWC map."""
-  b, h, w, c = x.shape
-  oh, ow = size
-  if h % oh == 0 and w % ow == 0:  # the usual case: equal non-overlapping windows
-    return jnp.mean(x.reshape(b, oh, h // oh, ow, w // ow, c), axis=(2, 4))
-  x = jnp.einsum("oh,bhwc->bowc", jnp.asarray(_pool_matrix(h, oh), x.dtype), x)
-  return jnp.einsum("pw,bowc->bopc", jnp.asarray(_pool_matrix(w, ow), x.dtype), x)
-
-
 def match_spatial(f_s: jax.Array, f_t: jax.Array) -> tuple[jax.Array, jax.Array]:
   """Pools the larger NHWC map (compared by height, as the references do) to the other's size."""
   s_h, t_h = f_s.shape[1], f_t.shape[1]
   if s_h > t_h:
-    f_s = adaptive_avg_pool(f_s, f_t.shape[1:3])
+    f_s = ops.adaptive_avg_pool(f_s, f_t.shape[1:3])
   elif s_h < t_h:
-    f_t = adaptive_avg_pool(f_t, f_s.shape[1:3])
+    f_t = ops.adaptive_avg_pool(f_t, f_s.shape[1:3])
   return f_s, f_t
 
 
@@ -91,6 +63,34 @@ def ce_plus_feature_method(name: str, ce_weight: float, feat_weight: float, term
   return base.Method(name=name, needs_teacher=True, loss=loss, init=init)
 
 
+# node_term(config.<name>, params, state, student_features, teacher_features) -> (term, new state)
+NodeTermFn = Callable[..., tuple[jax.Array, PyTree]]
+# node_init(config.<name>, rng, student_features, teacher_features) -> (params, state)
+NodeInitFn = Callable[..., tuple[PyTree, PyTree]]
+
+
+def register_feature_method(name: str, term: NodeTermFn, init: NodeInitFn | None = None, *,
+                            defaults: dict[str, Any]) -> None:
+  """Registers `name` as `ce_weight * CE + feat_weight * term`, hyperparameters in `config.<name>`.
+
+  `term` and `init` get the method's config node first; `defaults` (with `ce_weight`
+  and `feat_weight`) are its published values.
+  """
+
+  def make(cfg) -> base.Method:
+    node = cfg[name]
+    method_init = base.empty_init
+    if init is not None:
+      def method_init(rng, student_out, teacher_out, data_info):
+        del data_info
+        return init(node, rng, student_out[1], single_teacher(teacher_out, name)[1])
+    return ce_plus_feature_method(name, float(node.ce_weight), float(node.feat_weight),
+                                  functools.partial(term, node), method_init)
+
+  make.__doc__ = f"{name} from `config.{name}` ({', '.join(sorted(defaults))})."
+  registry.register(name, defaults=defaults)(make)
+
+
 # ---------------------------------------------------------------- pre-stage helpers (AB, FT, FSP)
 
 # Top-level student parameter groups outside RepDistiller's `get_feat_modules()`: the layers its
@@ -99,15 +99,13 @@ def ce_plus_feature_method(name: str, ce_weight: float, feat_weight: float, term
 # conv1 and block1-3); MobileNetV2's and ShuffleV2's last 1x1 conv + BN come after the last tap.
 _STUDENT_HEADS = {"MobileNetV2": ("conv2", "classifier"), "ShuffleV2": ("conv2", "bn2", "linear")}
 _WRN_HEAD = ("bn1", "fc")
-# CIFAR ResNet `fc`, ResNet50 / ShuffleV1 `linear`, VGG `classifier`.
-_DEFAULT_HEAD = ("fc", "linear", "classifier")
 
 
 def student_head(arch: str) -> tuple[str, ...]:
   """Top-level parameter groups of `arch` that are not its feature layers (RepDistiller's view)."""
   if arch.startswith("wrn_"):
     return _WRN_HEAD
-  return _STUDENT_HEADS.get(arch, _DEFAULT_HEAD)
+  return _STUDENT_HEADS.get(arch, ops.CLASSIFIER_NAMES)
 
 
 def trains_student(path: base.ParamPath) -> bool:
@@ -131,8 +129,7 @@ def constant_lr_sgd(lr: float, momentum: float, weight_decay: float,
 
   def make(steps_per_epoch: int) -> optax.GradientTransformation:
     del steps_per_epoch  # RepDistiller's `init()` never changes the LR
-    return optax.chain(optax.add_decayed_weights(weight_decay),
-                       optax.sgd(lr, momentum=momentum or None, nesterov=nesterov))
+    return torch_optim.sgd(lr, momentum, weight_decay, nesterov)
 
   return make
 
@@ -140,6 +137,17 @@ def constant_lr_sgd(lr: float, momentum: float, weight_decay: float,
 def constant_lr(lr: float) -> Callable[[int], optax.Schedule]:
   """`Update.learning_rate` of `constant_lr_sgd(lr, ...)`: what the prestage logs as its LR."""
   return lambda steps_per_epoch: optax.constant_schedule(lr)
+
+
+def init_prestage(cfg, node, loss: base.LossFn, trains: Callable[[base.ParamPath], bool]):
+  """RepDistiller's `init()` stage: `node.init_epochs` of `loss` at a constant LR (`node.init_lr`,
+  0: the run's `optim.lr`) with the run's momentum and weight decay; None for 0 epochs."""
+  if int(node.init_epochs) <= 0:
+    return None
+  lr = float(node.init_lr) or float(cfg.optim.lr)
+  return base.Prestage(int(node.init_epochs), base.Update(
+      loss, trains, constant_lr_sgd(lr, float(cfg.optim.momentum), float(cfg.optim.weight_decay)),
+      learning_rate=constant_lr(lr)))
 
 
 def ce_only_loss(ce_weight: float) -> base.LossFn:

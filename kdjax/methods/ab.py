@@ -116,12 +116,6 @@ def make(cfg: ml_collections.ConfigDict) -> base.Method:
     value, stats = ab_loss(params, state["batch_stats"], pairs, margin)
     return value, {"loss_ab": value}, {"batch_stats": stats}
 
-  prestage = None
-  if int(c.init_epochs) > 0:
-    lr = float(c.init_lr) or float(cfg.optim.lr)
-    prestage = base.Prestage(int(c.init_epochs), base.Update(
-        init_loss, _common.trains_student_features(cfg.model),
-        _common.constant_lr_sgd(lr, float(cfg.optim.momentum), float(cfg.optim.weight_decay)),
-        learning_rate=_common.constant_lr(lr)))
+  prestage = _common.init_prestage(cfg, c, init_loss, _common.trains_student_features(cfg.model))
   return base.Method(name="ab", needs_teacher=True, loss=_common.ce_only_loss(float(c.ce_weight)),
                      init=init, trains=_common.trains_student, prestage=prestage)

@@ -55,11 +55,10 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from kdjax import ops, torch_optim
 from kdjax.errors import UserError
 from kdjax.methods import _common, base, dml, registry
 from kdjax.models import layers
-
-CLASSIFIERS = ("fc", "classifier", "linear")
 
 
 class BatchStatNorm(nn.Module):
@@ -118,7 +117,7 @@ def feature_maps(members: Sequence[base.ModelOutput], tap: str) -> list[jax.Arra
   maps = _common.f32([m[1][tap][-1] for m in members])
   h = min(f.shape[1] for f in maps)
   w = min(f.shape[2] for f in maps)
-  return [f if f.shape[1:3] == (h, w) else _common.adaptive_avg_pool(f, (h, w)) for f in maps]
+  return [f if f.shape[1:3] == (h, w) else ops.adaptive_avg_pool(f, (h, w)) for f in maps]
 
 
 def target_channels(maps: Sequence[jax.Array]) -> int:
@@ -178,24 +177,15 @@ def init_params(rng: jax.Array, maps: Sequence[jax.Array], hidden: int = 0, sigm
   return params
 
 
-def adam_schedule(lr: float, milestones: Sequence[int], decay: float,
-                  steps_per_epoch: int) -> optax.Schedule:
-  """`lr`, times `decay` from each 0-indexed epoch of `milestones` on."""
-  boundaries: dict[int, float] = {}
-  for m in milestones:
-    step = int(m) * steps_per_epoch
-    boundaries[step] = boundaries.get(step, 1.0) * decay
-  return optax.piecewise_constant_schedule(lr, boundaries)
+adam_schedule = torch_optim.step_schedule  # the adversarial pass's MultiStepLR
 
 
 def adam(c: dict[str, Any], steps_per_epoch: int) -> optax.GradientTransformation:
   """PyTorch Adam with `weight_decay` (coupled L2 added to the gradient) from `config.afd`'s fields."""
-  schedule = adam_schedule(float(c["adv_lr"]), c["adv_lr_milestones"], float(c["adv_lr_decay"]),
-                           steps_per_epoch)
-  return optax.chain(
-      optax.add_decayed_weights(float(c["adv_weight_decay"])),
-      optax.scale_by_adam(b1=float(c["adv_b1"]), b2=float(c["adv_b2"]), eps=float(c["adv_eps"])),
-      optax.scale_by_learning_rate(schedule))
+  schedule = torch_optim.step_schedule(float(c["adv_lr"]), c["adv_lr_milestones"], float(c["adv_lr_decay"]),
+                                       steps_per_epoch)
+  return torch_optim.adam(schedule, float(c["adv_b1"]), float(c["adv_b2"]), float(c["adv_eps"]),
+                          float(c["adv_weight_decay"]))
 
 
 def networks_only(path: base.ParamPath) -> bool:
@@ -209,7 +199,8 @@ def adversarial_mask(with_classifier: bool):
   def trains(path: base.ParamPath) -> bool:
     if path[0] == "method":
       return True
-    return path[0] == "student" and (with_classifier or len(path) < 3 or path[2] not in CLASSIFIERS)
+    head = len(path) >= 3 and path[2] in ops.CLASSIFIER_NAMES
+    return path[0] == "student" and (with_classifier or not head)
 
   return trains
 

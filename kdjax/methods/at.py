@@ -21,7 +21,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from kdjax.methods import _common, base, registry
+from kdjax import ops
+from kdjax.methods import _common
 
 
 def attention_map(f: jax.Array, p: float) -> jax.Array:
@@ -29,7 +30,7 @@ def attention_map(f: jax.Array, p: float) -> jax.Array:
   # An integral p uses integer powers, as torch's pow(2) does (exact, defined for negative inputs).
   powered = f ** int(p) if float(p).is_integer() else f ** p
   a = jnp.mean(powered, axis=-1)
-  return _common.l2_normalize(a.reshape(a.shape[0], -1))
+  return ops.l2_normalize(a.reshape(a.shape[0], -1))
 
 
 def at_loss(g_s: Sequence[jax.Array], g_t: Sequence[jax.Array], p: float) -> jax.Array:
@@ -41,14 +42,10 @@ def at_loss(g_s: Sequence[jax.Array], g_t: Sequence[jax.Array], p: float) -> jax
   return total
 
 
-@registry.register("at", defaults=dict(ce_weight=1.0, feat_weight=1000.0, p=2.0))
-def make(cfg: ml_collections.ConfigDict) -> base.Method:
-  """AT with `cfg.at.{ce_weight, feat_weight, p}` (CIFAR: 1, 1000, 2)."""
-  c = cfg.at
-  p = float(c.p)
+def _term(c: ml_collections.ConfigDict, params, state, student_feats, teacher_feats):
+  """AT between stages 1..n at `c.p` (CIFAR: ce 1, feat 1000, p 2)."""
+  del params
+  return at_loss(student_feats["feats"][1:], teacher_feats["feats"][1:], float(c.p)), state
 
-  def term(params, state, student_feats, teacher_feats):
-    del params
-    return at_loss(student_feats["feats"][1:], teacher_feats["feats"][1:], p), state
 
-  return _common.ce_plus_feature_method("at", float(c.ce_weight), float(c.feat_weight), term)
+_common.register_feature_method("at", _term, defaults=dict(ce_weight=1.0, feat_weight=1000.0, p=2.0))

@@ -7,7 +7,8 @@ A method is a frozen bundle of two pure functions, built from its config node:
   student, excluded from the exported student) and its non-gradient state (memory
   banks, counters), both pytrees, empty for logit methods. `data_info` is
   `{'num_train': int, 'num_classes': int, 'train_labels': np.ndarray,
-  'teacher_variables': the (first) teacher's {'params', 'batch_stats'} or None}`
+  'teacher_variables': the (first) teacher's {'params', 'batch_stats'} when the method
+  declares `needs_teacher_variables`, else None}`
   (OFD reads its margins from the teacher's BatchNorm parameters);
 * `loss(params, state, student_out, teacher_out, batch, progress)
   -> (loss, metrics, new_state)`, where `batch` is `{'label': int (B,),
@@ -106,7 +107,9 @@ class Method:
     teacher, when `config.teachers` names several;
   * `shared_labels`: the loss compares teacher and student over one label space
     (True for KD-style methods); False lets a teacher trained on another dataset
-    distill (FKD's cross-dataset setting).
+    distill (FKD's cross-dataset setting);
+  * `needs_teacher_variables`: `init` reads the (first) teacher's variables from
+    `data_info['teacher_variables']` (OFD's margins); None is passed otherwise.
   """
   name: str
   needs_teacher: bool
@@ -117,6 +120,12 @@ class Method:
   prestage: Optional[Prestage] = None
   multi_teacher: bool = False
   shared_labels: bool = True
+  needs_teacher_variables: bool = False
+
+  @property
+  def passes(self) -> tuple[Update, ...]:
+    """The optimisation passes of one step, in order: the main `loss`, then `extra_updates`."""
+    return (Update(self.loss, self.trains),) + tuple(self.extra_updates)
 
 
 def at_least_f32(x: jax.Array) -> jax.Array:

@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from kdjax.methods import _common, base, registry
+from kdjax.methods import _common
 from kdjax.models import layers
 
 
@@ -45,24 +45,23 @@ def correlation_loss(e_s: jax.Array, e_t: jax.Array) -> jax.Array:
   return jnp.mean(jnp.sum(delta[:-1] * delta[1:], axis=1))
 
 
-@registry.register("cc", defaults=dict(ce_weight=1.0, feat_weight=0.02, embed_dim=128))
-def make(cfg: ml_collections.ConfigDict) -> base.Method:
-  """CC with `cfg.cc.{ce_weight, feat_weight, embed_dim}` (CIFAR: 1, 0.02, 128)."""
-  c = cfg.cc
+def _init(c: ml_collections.ConfigDict, rng, student_feats, teacher_feats):
+  """The two embeddings (student and teacher pooled features to `c.embed_dim`)."""
+  f_s, f_t = _pooled(student_feats, teacher_feats)
+  k_s, k_t = jax.random.split(rng)
   dim = int(c.embed_dim)
+  return {"embed_s": _embedding(f_s.shape[1], dim).init(k_s, f_s)["params"],
+          "embed_t": _embedding(f_t.shape[1], dim).init(k_t, f_t)["params"]}, {}
 
-  def init(rng, student_out, teacher_out, data_info):
-    del data_info
-    t_out = _common.single_teacher(teacher_out, "cc")
-    f_s, f_t = _pooled(student_out[1], t_out[1])
-    k_s, k_t = jax.random.split(rng)
-    return {"embed_s": _embedding(f_s.shape[1], dim).init(k_s, f_s)["params"],
-            "embed_t": _embedding(f_t.shape[1], dim).init(k_t, f_t)["params"]}, {}
 
-  def term(params, state, student_feats, teacher_feats):
-    f_s, f_t = _pooled(student_feats, teacher_feats)
-    e_s = _embedding(f_s.shape[1], dim).apply({"params": params["embed_s"]}, f_s)
-    e_t = _embedding(f_t.shape[1], dim).apply({"params": params["embed_t"]}, f_t)
-    return correlation_loss(e_s, e_t), state
+def _term(c: ml_collections.ConfigDict, params, state, student_feats, teacher_feats):
+  """CC of the embedded pooled features (CIFAR: ce 1, feat 0.02, embed_dim 128)."""
+  f_s, f_t = _pooled(student_feats, teacher_feats)
+  dim = int(c.embed_dim)
+  e_s = _embedding(f_s.shape[1], dim).apply({"params": params["embed_s"]}, f_s)
+  e_t = _embedding(f_t.shape[1], dim).apply({"params": params["embed_t"]}, f_t)
+  return correlation_loss(e_s, e_t), state
 
-  return _common.ce_plus_feature_method("cc", float(c.ce_weight), float(c.feat_weight), term, init)
+
+_common.register_feature_method("cc", _term, _init, defaults=dict(ce_weight=1.0, feat_weight=0.02,
+                                                                  embed_dim=128))

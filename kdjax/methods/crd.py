@@ -46,6 +46,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from kdjax import ops
 from kdjax.errors import UserError
 from kdjax.methods import _common, base, registry
 from kdjax.models import layers
@@ -62,7 +63,7 @@ def _embedding(in_features: int, dim: int):
 def embed(params: Any, x: jax.Array) -> jax.Array:
   """L2-normalised linear embedding of a (B, ...) feature, flattened per example."""
   x = base.at_least_f32(x.reshape(x.shape[0], -1))
-  return _common.l2_normalize(_embedding(x.shape[1], params["kernel"].shape[1]).apply(
+  return ops.l2_normalize(_embedding(x.shape[1], params["kernel"].shape[1]).apply(
       {"params": params}, x), axis=1)
 
 
@@ -127,7 +128,7 @@ def nce_loss(log_p: jax.Array, n_data: int) -> jax.Array:
 def _update_rows(memory: jax.Array, index: jax.Array, v: jax.Array, momentum: float) -> jax.Array:
   """Rows `index` of the bank become normalise(momentum * m + (1 - momentum) * v)."""
   rows = momentum * memory[index] + (1.0 - momentum) * jax.lax.stop_gradient(v).astype(memory.dtype)
-  return memory.at[index].set(_common.l2_normalize(rows, axis=1))
+  return memory.at[index].set(ops.l2_normalize(rows, axis=1))
 
 
 def contrast_loss(e_s: jax.Array, e_t: jax.Array, state: dict[str, Any], index: jax.Array,

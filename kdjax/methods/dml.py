@@ -26,7 +26,6 @@ from __future__ import annotations
 from typing import Sequence
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 
 from kdjax.errors import UserError

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from kdjax.errors import UserError
-from kdjax.methods import _common, base, registry
+from kdjax.methods import _common
 from kdjax.models import layers
 
 
@@ -81,23 +81,19 @@ def hint_loss(params: Any, batch_stats: Any, f_s: jax.Array,
   return jnp.mean(jnp.square(out - f_t)), mutated["batch_stats"]
 
 
-@registry.register("fitnet", defaults=dict(ce_weight=1.0, feat_weight=100.0, hint_layer=2))
-def make(cfg: ml_collections.ConfigDict) -> base.Method:
-  """FitNets with `cfg.fitnet.{ce_weight, feat_weight, hint_layer}` (CIFAR: 1, 100, 2)."""
-  c = cfg.fitnet
-  layer = int(c.hint_layer)
+def _init(c: ml_collections.ConfigDict, rng, student_feats, teacher_feats):
+  """The hint regressor (and its BatchNorm statistics) for stage `c.hint_layer`."""
+  f_s, f_t = _hint_pair(student_feats, teacher_feats, int(c.hint_layer))
+  variables = _regressor(f_s, f_t).init(rng, jnp.zeros_like(f_s), train=False)
+  return variables["params"], {"batch_stats": variables["batch_stats"]}
 
-  def init(rng, student_out, teacher_out, data_info):
-    del data_info
-    t_out = _common.single_teacher(teacher_out, "fitnet")
-    f_s, f_t = _hint_pair(student_out[1], t_out[1], layer)
-    variables = _regressor(f_s, f_t).init(rng, jnp.zeros_like(f_s), train=False)
-    return variables["params"], {"batch_stats": variables["batch_stats"]}
 
-  def term(params, state, student_feats, teacher_feats):
-    f_s, f_t = _hint_pair(student_feats, teacher_feats, layer)
-    value, batch_stats = hint_loss(params, state["batch_stats"], f_s, f_t)
-    return value, {"batch_stats": batch_stats}
+def _term(c: ml_collections.ConfigDict, params, state, student_feats, teacher_feats):
+  """The hint loss at stage `c.hint_layer` (CIFAR: ce 1, feat 100, hint_layer 2)."""
+  f_s, f_t = _hint_pair(student_feats, teacher_feats, int(c.hint_layer))
+  value, batch_stats = hint_loss(params, state["batch_stats"], f_s, f_t)
+  return value, {"batch_stats": batch_stats}
 
-  return _common.ce_plus_feature_method("fitnet", float(c.ce_weight), float(c.feat_weight), term,
-                                        init)
+
+_common.register_feature_method("fitnet", _term, _init, defaults=dict(ce_weight=1.0, feat_weight=100.0,
+                                                                      hint_layer=2))

@@ -37,6 +37,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from kdjax import ops
 from kdjax.methods import _common, base, registry
 from kdjax.models import layers
 
@@ -105,7 +106,7 @@ def _last_maps(student_feats: dict[str, Any], teacher_feats: dict[str, Any]) -> 
 def factor(x: jax.Array, p: int = 2) -> jax.Array:
   """RepDistiller's `factor`: the L2-normalised channel mean of x^p, flattened per sample."""
   # An integer power (lax.integer_pow): the translator's LeakyReLU outputs can be negative.
-  return _common.l2_normalize(jnp.mean(x ** p, axis=-1).reshape(x.shape[0], -1), axis=1)
+  return ops.l2_normalize(jnp.mean(x ** p, axis=-1).reshape(x.shape[0], -1), axis=1)
 
 
 def factor_transfer_loss(factor_s: jax.Array, factor_t: jax.Array) -> jax.Array:
@@ -173,12 +174,6 @@ def make(cfg: ml_collections.ConfigDict) -> base.Method:
     return value, {"loss_paraphraser": value}, state
 
   main = _common.ce_plus_feature_method("ft", float(c.ce_weight), float(c.feat_weight), term, init)
-  prestage = None
-  if int(c.init_epochs) > 0:
-    lr = float(c.init_lr) or float(cfg.optim.lr)
-    prestage = base.Prestage(int(c.init_epochs), base.Update(
-        init_loss, _trains_paraphraser,
-        _common.constant_lr_sgd(lr, float(cfg.optim.momentum), float(cfg.optim.weight_decay)),
-        learning_rate=_common.constant_lr(lr)))
+  prestage = _common.init_prestage(cfg, c, init_loss, _trains_paraphraser)
   return base.Method(name="ft", needs_teacher=True, loss=main.loss, init=init,
                      trains=_trains_all_but_paraphraser, prestage=prestage)

@@ -51,9 +51,9 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from kdjax import linalg
+from kdjax import linalg, ops
 from kdjax.errors import UserError
-from kdjax.methods import _common, base, registry
+from kdjax.methods import _common, base
 
 
 @jax.custom_vjp
@@ -106,8 +106,8 @@ def stage_svd(f: jax.Array, n: int, after: jax.Array | None = None) -> tuple[jax
   if c * h < w:
     raise UserError(f"KDSVD needs C*H >= W for its (B, C*H, W) SVD; got a {h}x{w}x{c} map.")
   s, v = svd_right(linalg.after(x, after))
-  v = _common.l2_normalize(_canonical_sign(v[:, :, :n]), axis=1)
-  return v, _common.l2_normalize(s[:, :n], axis=1)
+  v = ops.l2_normalize(_canonical_sign(v[:, :, :n]), axis=1)
+  return v, ops.l2_normalize(s[:, :n], axis=1)
 
 
 def align(v_s: jax.Array, v_t: jax.Array) -> jax.Array:
@@ -145,15 +145,10 @@ def kdsvd_loss(g_s: Sequence[jax.Array], g_t: Sequence[jax.Array], k: int) -> ja
   return total / g_s[0].shape[0]
 
 
-@registry.register("kdsvd", defaults=dict(ce_weight=1.0, feat_weight=1.0, k=1))
-def make(cfg: ml_collections.ConfigDict) -> base.Method:
-  """KDSVD with `cfg.kdsvd.{ce_weight, feat_weight, k}` (CIFAR: 1, 1, 1)."""
-  c = cfg.kdsvd
-  k = int(c.k)
+def _term(c: ml_collections.ConfigDict, params, state, student_feats, teacher_feats):
+  """KDSVD over stages 1..n with `c.k` singular vectors (CIFAR: ce 1, feat 1, k 1)."""
+  del params
+  return kdsvd_loss(student_feats["feats"][1:], teacher_feats["feats"][1:], int(c.k)), state
 
-  def term(params, state, student_feats, teacher_feats):
-    del params
-    value = kdsvd_loss(student_feats["feats"][1:], teacher_feats["feats"][1:], k)
-    return value, state
 
-  return _common.ce_plus_feature_method("kdsvd", float(c.ce_weight), float(c.feat_weight), term)
+_common.register_feature_method("kdsvd", _term, defaults=dict(ce_weight=1.0, feat_weight=1.0, k=1))

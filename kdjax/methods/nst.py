@@ -23,12 +23,13 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from kdjax.methods import _common, base, registry
+from kdjax import ops
+from kdjax.methods import _common
 
 
 def _selectivity(f: jax.Array) -> jax.Array:
   """(B, H, W, C) -> (B, H*W, C) with each channel L2-normalised over positions."""
-  return _common.l2_normalize(f.reshape(f.shape[0], -1, f.shape[-1]), axis=1)
+  return ops.l2_normalize(f.reshape(f.shape[0], -1, f.shape[-1]), axis=1)
 
 
 def _poly_kernel_mean(a: jax.Array, b: jax.Array) -> jax.Array:
@@ -47,13 +48,10 @@ def nst_loss(g_s: Sequence[jax.Array], g_t: Sequence[jax.Array]) -> jax.Array:
   return total
 
 
-@registry.register("nst", defaults=dict(ce_weight=1.0, feat_weight=50.0))
-def make(cfg: ml_collections.ConfigDict) -> base.Method:
-  """NST with `cfg.nst.{ce_weight, feat_weight}` (CIFAR: 1, 50)."""
-  c = cfg.nst
+def _term(c: ml_collections.ConfigDict, params, state, student_feats, teacher_feats):
+  """NST between stages 1..n (CIFAR: ce 1, feat 50)."""
+  del c, params
+  return nst_loss(student_feats["feats"][1:], teacher_feats["feats"][1:]), state
 
-  def term(params, state, student_feats, teacher_feats):
-    del params
-    return nst_loss(student_feats["feats"][1:], teacher_feats["feats"][1:]), state
 
-  return _common.ce_plus_feature_method("nst", float(c.ce_weight), float(c.feat_weight), term)
+_common.register_feature_method("nst", _term, defaults=dict(ce_weight=1.0, feat_weight=50.0))

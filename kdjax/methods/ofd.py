@@ -34,6 +34,8 @@ teacher BN with gamma = 0 (a crash in the reference: division by zero) gets marg
 """
 from __future__ import annotations
 
+import dataclasses
+
 import math
 import re
 from typing import Any, Sequence
@@ -43,6 +45,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from kdjax import ops
 from kdjax.errors import UserError
 from kdjax.methods import _common, base, registry
 from kdjax.models import layers
@@ -152,7 +155,7 @@ def ofd_loss(params: dict[str, Any], batch_stats: dict[str, Any], g_s: Sequence[
         {"params": params[name], "batch_stats": batch_stats[name]}, f_s, train=True,
         mutable=["batch_stats"])
     new_stats[name] = mutated["batch_stats"]
-    target = _common.adaptive_avg_pool(f_t, out.shape[1:3])
+    target = ops.adaptive_avg_pool(f_t, out.shape[1:3])
     total = total + partial_l2(out, target, margin.astype(out.dtype)) / 2 ** (n - i - 1)
   return total, new_stats
 
@@ -199,4 +202,5 @@ def make(cfg: ml_collections.ConfigDict) -> base.Method:
     value, stats = ofd_loss(params, state["batch_stats"], g_s, g_t, margins, kernel)
     return value, dict(state, batch_stats=stats)
 
-  return _common.ce_plus_feature_method("ofd", float(c.ce_weight), float(c.feat_weight), term, init)
+  method = _common.ce_plus_feature_method("ofd", float(c.ce_weight), float(c.feat_weight), term, init)
+  return dataclasses.replace(method, needs_teacher_variables=True)

@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from kdjax.methods import _common, base, registry
+from kdjax.methods import _common
 
 
 def _safe_norm(f: jax.Array) -> jax.Array:
@@ -52,14 +52,10 @@ def pkt_loss(f_s: jax.Array, f_t: jax.Array, eps: float = 1e-7) -> jax.Array:
   return jnp.mean(p_t * jnp.log((p_t + eps) / (p_s + eps)))
 
 
-@registry.register("pkt", defaults=dict(ce_weight=1.0, feat_weight=30000.0, eps=1e-7))
-def make(cfg: ml_collections.ConfigDict) -> base.Method:
-  """PKT with `cfg.pkt.{ce_weight, feat_weight, eps}` (CIFAR: 1, 30000, 1e-7)."""
-  c = cfg.pkt
-  eps = float(c.eps)
+def _term(c: ml_collections.ConfigDict, params, state, student_feats, teacher_feats):
+  """PKT on the pooled features with `c.eps` (CIFAR: ce 1, feat 30000, eps 1e-7)."""
+  del params
+  return pkt_loss(student_feats["pooled"], teacher_feats["pooled"], float(c.eps)), state
 
-  def term(params, state, student_feats, teacher_feats):
-    del params
-    return pkt_loss(student_feats["pooled"], teacher_feats["pooled"], eps), state
 
-  return _common.ce_plus_feature_method("pkt", float(c.ce_weight), float(c.feat_weight), term)
+_common.register_feature_method("pkt", _term, defaults=dict(ce_weight=1.0, feat_weight=30000.0, eps=1e-7))

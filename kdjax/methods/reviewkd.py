@@ -108,8 +108,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 
+from kdjax import ops
 from kdjax.errors import UserError
 from kdjax.methods import base, registry
 from kdjax.models import layers
@@ -121,58 +121,6 @@ HCL_LEVELS = (0, 4, 2, 1)
 FEEDS = ("residual", "output")
 
 Size = tuple[int, int]
-
-
-# ----------------------------------------------------------------------------- resizing / pooling
-
-
-def _nearest_index(n_in: int, n_out: int) -> np.ndarray:
-  """PyTorch legacy 'nearest' source indices: min(floor(dst * (in / out)), in - 1), float32 scale."""
-  if n_in == n_out:
-    return np.arange(n_out)
-  scale = np.float32(n_in) / np.float32(n_out)
-  src = np.floor(np.arange(n_out, dtype=np.float32) * scale).astype(np.int64)
-  return np.minimum(src, n_in - 1)
-
-
-def _resize_axis(x: jax.Array, axis: int, n_out: int) -> jax.Array:
-  """Nearest resize of one axis; integer ratios as repeat / strided slice, else a gather."""
-  n_in = x.shape[axis]
-  src = _nearest_index(n_in, n_out)
-  # Repeat and strided slice differentiate to a reduce and a pad, much cheaper to compile and
-  # run than a gather's scatter-add; used only where they pick exactly PyTorch's indices.
-  if n_out % n_in == 0 and np.array_equal(src, np.arange(n_out) // (n_out // n_in)):
-    return jnp.repeat(x, n_out // n_in, axis=axis)
-  if n_in % n_out == 0 and np.array_equal(src, np.arange(n_out) * (n_in // n_out)):
-    return jax.lax.slice_in_dim(x, 0, n_in, stride=n_in // n_out, axis=axis)
-  return jnp.take(x, src, axis=axis)
-
-
-def nearest_resize(x: jax.Array, size: Size) -> jax.Array:
-  """`F.interpolate(x, size, mode='nearest')` (legacy nearest) on an NHWC map."""
-  if tuple(x.shape[1:3]) == tuple(size):
-    return x
-  return _resize_axis(_resize_axis(x, 1, size[0]), 2, size[1])
-
-
-def _adaptive_pool_matrix(n_in: int, n_out: int) -> np.ndarray:
-  """(n_out, n_in) averaging weights of `adaptive_avg_pool` bins [floor(i n/o), ceil((i+1) n/o))."""
-  m = np.zeros((n_out, n_in))
-  for i in range(n_out):
-    start, end = (i * n_in) // n_out, -((-(i + 1) * n_in) // n_out)
-    m[i, start:end] = 1.0 / (end - start)
-  return m
-
-
-def adaptive_avg_pool(x: jax.Array, size: int) -> jax.Array:
-  """`F.adaptive_avg_pool2d(x, (size, size))` on an NHWC map."""
-  n, h, w, c = x.shape
-  if h % size == 0 and w % size == 0:  # equal bins: a plain block mean
-    return jnp.mean(x.reshape(n, size, h // size, size, w // size, c), axis=(2, 4))
-  rows = jnp.asarray(_adaptive_pool_matrix(x.shape[1], size), x.dtype)
-  cols = jnp.asarray(_adaptive_pool_matrix(x.shape[2], size), x.dtype)
-  # HIGHEST: no TF32/bf16 passes on accelerators, the pyramid terms are small differences.
-  return jnp.einsum("ih,nhwc,jw->nijc", rows, x, cols, precision=jax.lax.Precision.HIGHEST)
 
 
 # ----------------------------------------------------------------------------- HCL
@@ -214,7 +162,7 @@ def hcl_level(y: jax.Array, t: jax.Array, levels: Sequence[int] = HCL_LEVELS,
     if size is None:
       term = _mse(y, t)
     else:
-      term = _mse(adaptive_avg_pool(y, size), adaptive_avg_pool(t, size))
+      term = _mse(ops.adaptive_avg_pool(y, size), ops.adaptive_avg_pool(t, size))
     total, norm = total + w * term, norm + w
   return total / norm
 
@@ -310,7 +258,7 @@ class ABF(nn.Module):
       if residual.shape[-1] != self.mid_channels:
         residual = layers.conv(self.mid_channels, 1, use_bias=False, in_features=residual.shape[-1],
                                kernel_init=kaiming_uniform_a1, name="res_proj")(residual)
-      residual = nearest_resize(residual, x.shape[1:3])
+      residual = ops.nearest_resize(residual, x.shape[1:3])
       if self.attention:
         att = layers.conv(2, 1, use_bias=True, in_features=2 * self.mid_channels, name="att_conv")(
             jnp.concatenate([x, residual], axis=-1))
@@ -319,7 +267,7 @@ class ABF(nn.Module):
         x = x * att[..., 0:1] + residual * att[..., 1:2]
       else:
         x = x + residual
-    x = nearest_resize(x, out_shape)
+    x = ops.nearest_resize(x, out_shape)
     y = layers.ConvBN(self.out_channels, kernel=3, padding=1, kernel_init=kaiming_uniform_a1,
                       name="conv2")(x, train)
     return y, x

@@ -24,7 +24,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from kdjax.methods import _common, base, registry
+from kdjax import ops
+from kdjax.methods import _common
 
 
 def pairwise_distances(e: jax.Array, squared: bool, eps: float) -> jax.Array:
@@ -47,7 +48,7 @@ def _normalized_distances(e: jax.Array, squared: bool, eps: float) -> jax.Array:
 
 def angles(e: jax.Array) -> jax.Array:
   """(B, B, B) cosines <n_ij, n_ik> of the normalised differences n_ij = normalise(e_j - e_i)."""
-  n = _common.l2_normalize(e[None, :, :] - e[:, None, :], axis=2)
+  n = ops.l2_normalize(e[None, :, :] - e[:, None, :], axis=2)
   return jnp.einsum("ijd,ikd->ijk", n, n)
 
 
@@ -67,16 +68,13 @@ def rkd_loss(f_s: jax.Array, f_t: jax.Array, distance_weight: float = 25.0,
   return distance_weight * loss_d + angle_weight * loss_a
 
 
-@registry.register("rkd", defaults=dict(ce_weight=1.0, feat_weight=1.0, distance_weight=25.0,
-                                        angle_weight=50.0, squared=False, eps=1e-12))
-def make(cfg: ml_collections.ConfigDict) -> base.Method:
-  """RKD with `cfg.rkd.{ce_weight, feat_weight, distance_weight, angle_weight, squared, eps}`."""
-  c = cfg.rkd
-  w_d, w_a = float(c.distance_weight), float(c.angle_weight)
-  squared, eps = bool(c.squared), float(c.eps)
+def _term(c: ml_collections.ConfigDict, params, state, student_feats, teacher_feats):
+  """RKD on the pooled features with `c.{distance_weight, angle_weight, squared, eps}`."""
+  del params
+  value = rkd_loss(student_feats["pooled"], teacher_feats["pooled"], float(c.distance_weight),
+                   float(c.angle_weight), bool(c.squared), float(c.eps))
+  return value, state
 
-  def term(params, state, student_feats, teacher_feats):
-    del params
-    return rkd_loss(student_feats["pooled"], teacher_feats["pooled"], w_d, w_a, squared, eps), state
 
-  return _common.ce_plus_feature_method("rkd", float(c.ce_weight), float(c.feat_weight), term)
+_common.register_feature_method("rkd", _term, defaults=dict(
+    ce_weight=1.0, feat_weight=1.0, distance_weight=25.0, angle_weight=50.0, squared=False, eps=1e-12))

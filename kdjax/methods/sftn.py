@@ -64,16 +64,16 @@ Choices where the record is open (docs/methods.md §4, marked ⚠ there), each a
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Optional, Sequence
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
 
-from kdjax import models
+from kdjax import models, ops
 from kdjax.errors import UserError
-from kdjax.methods import _common, base, registry
+from kdjax.methods import base, registry
 from kdjax.models import layers
 
 Size = tuple[int, int]
@@ -167,14 +167,6 @@ def make_plan(teacher: str, student: str, teacher_feats: Sequence[Any], num_clas
                     out_sizes=tuple((s_shapes[i][0], s_shapes[i][1]) for i in stages))
 
 
-def _nearest_upsample(x: jax.Array, size: Size) -> jax.Array:
-  """PyTorch legacy-nearest upsampling of an NHWC map to `size` (src = floor(dst * in / out))."""
-  for axis, n_out in ((1, size[0]), (2, size[1])):
-    n_in = x.shape[axis]
-    x = jnp.take(x, (jnp.arange(n_out) * n_in) // n_out, axis=axis)
-  return x
-
-
 def resample(x: jax.Array, size: Size, downsample: str) -> tuple[jax.Array, int]:
   """(map brought towards `size`, stride left for the conv): pool or stride down, nearest up."""
   h, w = x.shape[1:3]
@@ -189,8 +181,8 @@ def resample(x: jax.Array, size: Size, downsample: str) -> tuple[jax.Array, int]
       return x, h // size[0]
     if downsample != "avg_pool":
       raise UserError(f"config.sftn.transform_downsample={downsample!r}; valid: {', '.join(DOWNSAMPLES)}.")
-    return _common.adaptive_avg_pool(x, size), 1
-  return _nearest_upsample(x, size), 1
+    return ops.adaptive_avg_pool(x, size), 1
+  return ops.nearest_resize(x, size), 1
 
 
 # ----------------------------------------------------------------------------- modules

@@ -21,13 +21,14 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from kdjax.methods import _common, base, registry
+from kdjax import ops
+from kdjax.methods import _common
 
 
 def _normalized_gram(f: jax.Array) -> jax.Array:
   """Row-L2-normalised Gram matrix (B, B) of the flattened samples of f."""
   flat = f.reshape(f.shape[0], -1)
-  return _common.l2_normalize(flat @ flat.T, axis=1)
+  return ops.l2_normalize(flat @ flat.T, axis=1)
 
 
 def sp_loss(f_s: jax.Array, f_t: jax.Array) -> jax.Array:
@@ -37,13 +38,10 @@ def sp_loss(f_s: jax.Array, f_t: jax.Array) -> jax.Array:
   return jnp.sum(jnp.square(_normalized_gram(f_t) - _normalized_gram(f_s))) / (b * b)
 
 
-@registry.register("sp", defaults=dict(ce_weight=1.0, feat_weight=3000.0))
-def make(cfg: ml_collections.ConfigDict) -> base.Method:
-  """SP with `cfg.sp.{ce_weight, feat_weight}` (CIFAR: 1, 3000)."""
-  c = cfg.sp
+def _term(c: ml_collections.ConfigDict, params, state, student_feats, teacher_feats):
+  """SP on the last stage (CIFAR: ce 1, feat 3000)."""
+  del c, params
+  return sp_loss(student_feats["feats"][-1], teacher_feats["feats"][-1]), state
 
-  def term(params, state, student_feats, teacher_feats):
-    del params
-    return sp_loss(student_feats["feats"][-1], teacher_feats["feats"][-1]), state
 
-  return _common.ce_plus_feature_method("sp", float(c.ce_weight), float(c.feat_weight), term)
+_common.register_feature_method("sp", _term, defaults=dict(ce_weight=1.0, feat_weight=3000.0))

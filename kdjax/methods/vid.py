@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from kdjax.methods import _common, base, registry
+from kdjax.methods import _common
 from kdjax.models import layers
 
 
@@ -78,24 +78,20 @@ def vid_loss(params: dict[str, Any], pairs: Sequence[tuple[jax.Array, jax.Array]
   return total
 
 
-@registry.register("vid", defaults=dict(ce_weight=1.0, feat_weight=1.0, init_pred_var=5.0,
-                                        eps=1e-5))
-def make(cfg: ml_collections.ConfigDict) -> base.Method:
-  """VID with `cfg.vid.{ce_weight, feat_weight, init_pred_var, eps}` (CIFAR: 1, 1, 5, 1e-5)."""
-  c = cfg.vid
-  init_var, eps = float(c.init_pred_var), float(c.eps)
+def _init(c: ml_collections.ConfigDict, rng, student_feats, teacher_feats):
+  """One VID stage (variance and regressor) per stage pair."""
+  params = {}
+  for k, (f_s, f_t) in enumerate(_stage_pairs(student_feats, teacher_feats)):
+    stage = VIDStage(f_t.shape[-1], float(c.init_pred_var), float(c.eps))
+    params[f"stage{k + 1}"] = stage.init(jax.random.fold_in(rng, k), jnp.zeros_like(f_s))["params"]
+  return params, {}
 
-  def init(rng, student_out, teacher_out, data_info):
-    del data_info
-    t_out = _common.single_teacher(teacher_out, "vid")
-    params = {}
-    for k, (f_s, f_t) in enumerate(_stage_pairs(student_out[1], t_out[1])):
-      stage = VIDStage(f_t.shape[-1], init_var, eps)
-      variables = stage.init(jax.random.fold_in(rng, k), jnp.zeros_like(f_s))
-      params[f"stage{k + 1}"] = variables["params"]
-    return params, {}
 
-  def term(params, state, student_feats, teacher_feats):
-    return vid_loss(params, _stage_pairs(student_feats, teacher_feats), init_var, eps), state
+def _term(c: ml_collections.ConfigDict, params, state, student_feats, teacher_feats):
+  """VID over the stage pairs (CIFAR: ce 1, feat 1, init_pred_var 5, eps 1e-5)."""
+  pairs = _stage_pairs(student_feats, teacher_feats)
+  return vid_loss(params, pairs, float(c.init_pred_var), float(c.eps)), state
 
-  return _common.ce_plus_feature_method("vid", float(c.ce_weight), float(c.feat_weight), term, init)
+
+_common.register_feature_method("vid", _term, _init, defaults=dict(
+    ce_weight=1.0, feat_weight=1.0, init_pred_var=5.0, eps=1e-5))

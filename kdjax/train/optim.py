@@ -1,8 +1,9 @@
 """Optimizers: the LR schedule, PyTorch-equivalent SGD, per-pass parameter masks.
 
-Methods that bring their own optimizer (AFD's Adam, a prestage's schedule) build it
-from `create_optimizer`/`create_learning_rate_fn` or optax directly; the trainer
-only masks each pass's transformation to the parameters that pass moves.
+The PyTorch-equivalent transformations themselves live in `kdjax/torch_optim.py`,
+shared with the methods that bring their own optimizer (AFD's Adam, a prestage's
+constant-LR SGD); the trainer masks each pass's transformation to the parameters
+that pass moves.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import jax
 import ml_collections
 import optax
 
+from kdjax import torch_optim
 from kdjax.methods import base as methods_base
 
 PyTree = Any
@@ -19,17 +21,13 @@ PyTree = Any
 
 def create_learning_rate_fn(config: ml_collections.ConfigDict, steps_per_epoch: int) -> optax.Schedule:
   """Step-wise LR: `optim.lr`, times `lr_decay` from each 0-indexed milestone epoch on."""
-  boundaries: dict[int, float] = {}
-  for m in config.optim.lr_milestones:
-    boundaries[int(m) * steps_per_epoch] = boundaries.get(int(m) * steps_per_epoch, 1.0) * config.optim.lr_decay
-  return optax.piecewise_constant_schedule(config.optim.lr, boundaries)
+  return torch_optim.step_schedule(config.optim.lr, config.optim.lr_milestones, config.optim.lr_decay,
+                                   steps_per_epoch)
 
 
 def create_optimizer(config: ml_collections.ConfigDict, lr_fn: optax.Schedule) -> optax.GradientTransformation:
   """PyTorch SGD: coupled L2 on every parameter, then momentum (no dampening), then -lr."""
-  return optax.chain(
-      optax.add_decayed_weights(config.optim.weight_decay),
-      optax.sgd(lr_fn, momentum=config.optim.momentum or None, nesterov=config.optim.nesterov))
+  return torch_optim.sgd(lr_fn, config.optim.momentum, config.optim.weight_decay, config.optim.nesterov)
 
 
 def path_names(path) -> tuple[str, ...]:

@@ -123,7 +123,9 @@ def build(config: ml_collections.ConfigDict, dataset: data_lib.Dataset, mesh: ja
 
   init_key, data_key, aug_key = jax.random.split(jax.random.key(config.seed), 3)
   ensemble = isinstance(teacher_model, (list, tuple))
-  first_teacher_vars = (teacher_vars[0] if ensemble else teacher_vars) if teacher_vars is not None else None
+  first_teacher_vars = None
+  if method.needs_teacher_variables and teacher_vars is not None:
+    first_teacher_vars = teacher_vars[0] if ensemble else teacher_vars
   data_info = {"num_train": num_train, "num_classes": dataset.num_classes,
                "train_labels": None if streaming else dataset.train_labels,
                "teacher_variables": first_teacher_vars}

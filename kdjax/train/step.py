@@ -148,7 +148,7 @@ def step_spec(model, method: methods_lib.Method, tx, lr_fn, teacher_model, *, te
               teacher_bn_mode: str = "eval", **data) -> StepSpec:
   """The `StepSpec` of `method` with optimizer(s) `tx` (one per pass) and teacher(s) `teacher_model`."""
   txs = optim.as_passes(tx)
-  passes = (methods_lib.base.Update(method.loss, method.trains),) + tuple(method.extra_updates)
+  passes = method.passes
   if len(txs) != len(passes):
     raise ValueError(f"method {method.name!r} has {len(passes)} passes but {len(txs)} optimizers")
   forward = None
