@@ -4,7 +4,7 @@ Published settings (RepDistiller `--distill abound -a 0 -b 1 --init_epochs 30`):
 pre-stage trains the connectors and the student's feature layers with the AB loss on the
 pre-ReLU stage 1-3 maps (margin 1), SGD at the student's LR (constant), momentum 0.9, weight
 decay 5e-4; then the common 240-epoch protocol (kdjax/recipes.py) with CE only (RepDistiller's
-AB term in the main loop is 0). REPORTED is RepDistiller's README (the CRD paper's table; last
+AB term in the main loop is 0). The published top-1 (experiments/repro/tables.py) is RepDistiller's README (the CRD paper's table; last
 epoch).
 
     python -m kdjax.main --config=configs/ab_cifar.py:resnet32x4,resnet8x4
@@ -13,17 +13,25 @@ from kdjax import recipes
 
 DEFAULT_PAIR = "resnet32x4,resnet8x4"
 
-REPORTED = {
-    "resnet56,resnet20": 69.47, "resnet110,resnet20": 69.53, "resnet110,resnet32": 70.98,
-    "resnet32x4,resnet8x4": 73.17, "wrn_40_2,wrn_16_2": 72.50, "wrn_40_2,wrn_40_1": 72.38,
-    "vgg13,vgg8": 70.94, "vgg13,MobileNetV2": 66.06, "ResNet50,MobileNetV2": 67.20,
-    "ResNet50,vgg8": 70.65, "resnet32x4,ShuffleV1": 73.55, "resnet32x4,ShuffleV2": 74.31,
-    "wrn_40_2,ShuffleV1": 73.34,
-}
 
 # teacher,student -> overrides of the common recipe (none: the pre-stage LR is the student's
 # LR, 0.05 or 0.01, which distill_config already sets).
-PAIRS = {pair: {} for pair in REPORTED}
+_PAIR_NAMES = (
+    'resnet56,resnet20',
+    'resnet110,resnet20',
+    'resnet110,resnet32',
+    'resnet32x4,resnet8x4',
+    'wrn_40_2,wrn_16_2',
+    'wrn_40_2,wrn_40_1',
+    'vgg13,vgg8',
+    'vgg13,MobileNetV2',
+    'ResNet50,MobileNetV2',
+    'ResNet50,vgg8',
+    'resnet32x4,ShuffleV1',
+    'resnet32x4,ShuffleV2',
+    'wrn_40_2,ShuffleV1',
+)
+PAIRS = {pair: {} for pair in _PAIR_NAMES}
 
 
 def get_config(pair: str = DEFAULT_PAIR):

@@ -15,7 +15,7 @@ weight decay 1e-1, x0.1 at epochs 75 and 150 (`config.afd`, see kdjax/methods/af
 for every ⚠ choice). docs/methods.md §6.1's "weight decay 5e-4 ⚠, Adam decayed at
 150/225 ⚠" are not the paper's text and are not used.
 
-REPORTED: the paper's ResNet-32 pair (Table 3, secondary summary ⚠): 74.03, against a
+Published top-1 (experiments/repro/tables.py): the paper's ResNet-32 pair (Table 3, secondary summary ⚠): 74.03, against a
 vanilla ResNet-32 of 69.38 under this recipe — not the CRD-protocol ResNet-32 (71.14).
 Whether it is each network's accuracy (averaged over the pair, 5 runs) and at the best
 or last epoch is not recorded.
@@ -27,9 +27,6 @@ DEFAULT = "resnet32,resnet32"
 
 # Published cohorts (any cohort of zoo models runs; none needs an override of the recipe).
 PAIRS = {"resnet32,resnet32": {}}
-
-REPORTED = {"resnet32,resnet32": 74.03}
-REPORTED_METRIC = "unknown"
 
 
 def get_config(arg: str = DEFAULT):

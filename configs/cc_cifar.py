@@ -3,7 +3,7 @@
 Published settings: pooled features through 128-d linear embeddings, CE weight 1, CC weight 0.02
 (RepDistiller `--distill correlation -a 0 -b 0.02`; not in mdistiller);
 no logit KD term; the common protocol in kdjax/recipes.py.
-REPORTED is RepDistiller's README (the CRD paper's table; last epoch).
+The published top-1 (experiments/repro/tables.py) is RepDistiller's README (the CRD paper's table; last epoch).
 
     python -m kdjax.main --config=configs/cc_cifar.py:resnet32x4,resnet8x4
 """
@@ -11,16 +11,24 @@ from kdjax import recipes
 
 DEFAULT_PAIR = "resnet32x4,resnet8x4"
 
-REPORTED = {
-    "resnet56,resnet20": 69.63, "resnet110,resnet20": 69.48, "resnet110,resnet32": 71.48,
-    "resnet32x4,resnet8x4": 72.97, "wrn_40_2,wrn_16_2": 73.56, "wrn_40_2,wrn_40_1": 72.21,
-    "vgg13,vgg8": 70.71, "vgg13,MobileNetV2": 64.86, "ResNet50,MobileNetV2": 65.43,
-    "ResNet50,vgg8": 70.25, "resnet32x4,ShuffleV1": 71.14, "resnet32x4,ShuffleV2": 71.29,
-    "wrn_40_2,ShuffleV1": 71.38,
-}
 
 # teacher,student -> overrides of the common recipe (none: one setting for every pair).
-PAIRS = {pair: {} for pair in REPORTED}
+_PAIR_NAMES = (
+    'resnet56,resnet20',
+    'resnet110,resnet20',
+    'resnet110,resnet32',
+    'resnet32x4,resnet8x4',
+    'wrn_40_2,wrn_16_2',
+    'wrn_40_2,wrn_40_1',
+    'vgg13,vgg8',
+    'vgg13,MobileNetV2',
+    'ResNet50,MobileNetV2',
+    'ResNet50,vgg8',
+    'resnet32x4,ShuffleV1',
+    'resnet32x4,ShuffleV2',
+    'wrn_40_2,ShuffleV1',
+)
+PAIRS = {pair: {} for pair in _PAIR_NAMES}
 
 
 def get_config(pair: str = DEFAULT_PAIR):

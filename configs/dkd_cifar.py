@@ -2,7 +2,7 @@
 
 alpha=1, T=4, CE weight 1, warmup 20 epochs (counted from 1), beta per pair
 (mdistiller `configs/cifar100/dkd/*.yaml`); the common protocol in
-kdjax/recipes.py. REPORTED is mdistiller's README (best epoch, mean of 5 runs).
+kdjax/recipes.py. The published top-1 (experiments/repro/tables.py) is mdistiller's README (best epoch, mean of 5 runs).
 
     python -m kdjax.main --config=configs/dkd_cifar.py:resnet32x4,resnet8x4
 """
@@ -22,13 +22,6 @@ PAIRS = {
     "resnet32x4,ShuffleV2": {"dkd.beta": 8.0},
     "vgg13,MobileNetV2": {"dkd.beta": 6.0},
     "ResNet50,MobileNetV2": {"dkd.beta": 8.0},
-}
-
-REPORTED = {
-    "resnet56,resnet20": 71.97, "resnet110,resnet32": 74.11, "resnet32x4,resnet8x4": 76.32,
-    "wrn_40_2,wrn_16_2": 76.24, "wrn_40_2,wrn_40_1": 74.81, "vgg13,vgg8": 74.68,
-    "resnet32x4,ShuffleV1": 76.45, "wrn_40_2,ShuffleV1": 76.70, "resnet32x4,ShuffleV2": 77.07,
-    "vgg13,MobileNetV2": 69.71, "ResNet50,MobileNetV2": 70.35,
 }
 
 

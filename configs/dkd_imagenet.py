@@ -11,22 +11,14 @@ The paper's "MobileNet-V2" on ImageNet is MobileNetV1 (mdistiller issue #25).
     python -m kdjax.main --config=configs/dkd_imagenet.py:imagenet_resnet34,imagenet_resnet18 \
         --config.data.data_dir=/data/tfds --workdir=runs/dkd_imagenet_r34_r18
 
-REPORTED: mdistiller README / DKD paper top-1 (best epoch, mean of 3 runs).
+Published top-1 (experiments/repro/tables.py): mdistiller README / DKD paper top-1 (best epoch, mean of 3 runs).
 """
-import importlib.util
-import os
-
 from kdjax import recipes
 
 
 def _kd_imagenet():
-  """configs/kd_imagenet.py (the shared ImageNet recipe), loaded by path: configs/ is no package."""
-  spec = importlib.util.spec_from_file_location(
-      "kdjax_config_kd_imagenet", os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                                               "kd_imagenet.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  """configs/kd_imagenet.py, the shared ImageNet recipe."""
+  return recipes.sibling_config(__file__, "kd_imagenet.py")
 
 
 DEFAULT_PAIR = "imagenet_resnet34,imagenet_resnet18"
@@ -35,12 +27,6 @@ PAIRS = {
     "imagenet_resnet34,imagenet_resnet18": {"dkd.beta": 0.5},
     "imagenet_resnet50,imagenet_mobilenetv1": {"dkd.beta": 2.0},
 }
-
-REPORTED = {
-    "imagenet_resnet34,imagenet_resnet18": 71.70,
-    "imagenet_resnet50,imagenet_mobilenetv1": 72.05,
-}
-REPORTED_METRIC = "best"
 
 
 def get_config(pair: str = DEFAULT_PAIR):

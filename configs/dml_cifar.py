@@ -10,14 +10,13 @@ Schedule: DML's own CIFAR-100 hyperparameters are not recorded (docs/methods.md 
 unknown), so the online configs share AFD's recipe (300 epochs, batch 128, SGD lr 0.1,
 momentum 0.9, weight decay 1e-4, x0.1 at 150/225), under which the AFD paper reports
 its DML baselines; DML, KDCL and AFD runs are then directly comparable.
-No published CIFAR-100 number is recorded for any pair: REPORTED is empty.
+No published CIFAR-100 number is recorded for any pair: experiments/repro/tables.py records none.
 """
 from kdjax import recipes
 from kdjax.models import cohort
 
 DEFAULT = "resnet32,resnet32"
 PAIRS = {"resnet32,resnet32": {}}  # any cohort of zoo models runs; no per-cohort overrides
-REPORTED = {}
 
 
 def get_config(arg: str = DEFAULT):

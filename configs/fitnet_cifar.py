@@ -3,7 +3,7 @@
 Published settings: hint layer 2 (post-ReLU stage-2 output), CE weight 1, hint weight 100
 (mdistiller `cfg.FITNET`, RepDistiller `--distill hint -a 0 -b 100`);
 no logit KD term; the common protocol in kdjax/recipes.py.
-REPORTED is RepDistiller's README (the CRD paper's table; last epoch).
+The published top-1 (experiments/repro/tables.py) is RepDistiller's README (the CRD paper's table; last epoch).
 
     python -m kdjax.main --config=configs/fitnet_cifar.py:resnet32x4,resnet8x4
 """
@@ -11,16 +11,24 @@ from kdjax import recipes
 
 DEFAULT_PAIR = "resnet32x4,resnet8x4"
 
-REPORTED = {
-    "resnet56,resnet20": 69.21, "resnet110,resnet20": 68.99, "resnet110,resnet32": 71.06,
-    "resnet32x4,resnet8x4": 73.50, "wrn_40_2,wrn_16_2": 73.58, "wrn_40_2,wrn_40_1": 72.24,
-    "vgg13,vgg8": 71.02, "vgg13,MobileNetV2": 64.14, "ResNet50,MobileNetV2": 63.16,
-    "ResNet50,vgg8": 70.69, "resnet32x4,ShuffleV1": 73.59, "resnet32x4,ShuffleV2": 73.54,
-    "wrn_40_2,ShuffleV1": 73.73,
-}
 
 # teacher,student -> overrides of the common recipe (none: one setting for every pair).
-PAIRS = {pair: {} for pair in REPORTED}
+_PAIR_NAMES = (
+    'resnet56,resnet20',
+    'resnet110,resnet20',
+    'resnet110,resnet32',
+    'resnet32x4,resnet8x4',
+    'wrn_40_2,wrn_16_2',
+    'wrn_40_2,wrn_40_1',
+    'vgg13,vgg8',
+    'vgg13,MobileNetV2',
+    'ResNet50,MobileNetV2',
+    'ResNet50,vgg8',
+    'resnet32x4,ShuffleV1',
+    'resnet32x4,ShuffleV2',
+    'wrn_40_2,ShuffleV1',
+)
+PAIRS = {pair: {} for pair in _PAIR_NAMES}
 
 
 def get_config(pair: str = DEFAULT_PAIR):

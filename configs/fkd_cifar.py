@@ -10,7 +10,7 @@ The argument is `TEACHER,STUDENT[,VARIANT]`:
 * no variant: the CRD benchmark protocol (kdjax/recipes.py: batch 64, 240 epochs, LR 0.05,
   weight decay 5e-4), every CRD-table pair. FKD's CIFAR-100 table was run with CRD's
   codebase (paper, "Tian et al. (2020)'s ... codebase"); which pairs it lists, and its
-  numbers, were not retrieved (docs/methods.md §5.3), so REPORTED is empty and the pair list
+  numbers, were not retrieved (docs/methods.md §5.3), so experiments/repro/tables.py records none and the pair list
   is the CRD table's ⚠. Batch 64: the kernel is over the batch, so the batch is part
   of the method (the third-party code used 128).
 * `ensembleE` (E >= 2): `config.teachers` = E copies of TEACHER, independently trained:
@@ -52,8 +52,6 @@ PAIRS = {pair: {} for pair in (
 # Pairs only valid with a variant: the paper's ensemble figure distils VGG8 teachers into VGG8.
 VARIANT_PAIRS = {"vgg8,vgg8": {}}
 
-# Per-pair CIFAR-100 top-1 of the paper: not retrieved (docs/methods.md §5.3), so none is claimed.
-REPORTED: dict[str, float] = {}
 
 # The paper's setup for its ensemble and cross-dataset experiments (⚠ secondary summary).
 PAPER_SETUP = {"epochs": 160, "batch_size": 128, "optim.lr": 0.1, "optim.lr_milestones": (80, 120),

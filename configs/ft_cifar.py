@@ -5,7 +5,7 @@ pre-stage trains the paraphraser (rate 0.5) to reconstruct the teacher's last-st
 SGD momentum 0.9, weight decay 5e-4, at LR 0.01 for ResNet/WRN students and the student's LR
 otherwise (`helper/pretrain.py`; 0.05 for VGG8, 0.01 for MobileNetV2/ShuffleNet); then the
 common 240-epoch protocol (kdjax/recipes.py) with CE 1 + FT 200, the paraphraser frozen and the
-translator trained with the student. REPORTED is RepDistiller's README (the CRD paper's table;
+translator trained with the student. The published top-1 (experiments/repro/tables.py) is RepDistiller's README (the CRD paper's table;
 last epoch).
 
     python -m kdjax.main --config=configs/ft_cifar.py:resnet32x4,resnet8x4
@@ -14,19 +14,27 @@ from kdjax import recipes
 
 DEFAULT_PAIR = "resnet32x4,resnet8x4"
 
-REPORTED = {
-    "resnet56,resnet20": 69.84, "resnet110,resnet20": 70.22, "resnet110,resnet32": 72.37,
-    "resnet32x4,resnet8x4": 72.86, "wrn_40_2,wrn_16_2": 73.25, "wrn_40_2,wrn_40_1": 71.59,
-    "vgg13,vgg8": 70.58, "vgg13,MobileNetV2": 61.78, "ResNet50,MobileNetV2": 60.99,
-    "ResNet50,vgg8": 70.29, "resnet32x4,ShuffleV1": 71.75, "resnet32x4,ShuffleV2": 72.50,
-    "wrn_40_2,ShuffleV1": 72.03,
-}
 
 # RepDistiller's `init()` uses LR 0.01 for the paraphraser when the student is a CIFAR ResNet
 # or WRN; for the other students `ft.init_lr` = 0 means the run's LR (the student's).
 _RESNET_WRN_STUDENT = ("resnet20", "resnet32", "resnet8x4", "wrn_16_2", "wrn_40_1")
+_PAIR_NAMES = (
+    'resnet56,resnet20',
+    'resnet110,resnet20',
+    'resnet110,resnet32',
+    'resnet32x4,resnet8x4',
+    'wrn_40_2,wrn_16_2',
+    'wrn_40_2,wrn_40_1',
+    'vgg13,vgg8',
+    'vgg13,MobileNetV2',
+    'ResNet50,MobileNetV2',
+    'ResNet50,vgg8',
+    'resnet32x4,ShuffleV1',
+    'resnet32x4,ShuffleV2',
+    'wrn_40_2,ShuffleV1',
+)
 PAIRS = {pair: ({"ft.init_lr": 0.01} if pair.split(",")[1] in _RESNET_WRN_STUDENT else {})
-         for pair in REPORTED}
+         for pair in _PAIR_NAMES}
 
 
 def get_config(pair: str = DEFAULT_PAIR):

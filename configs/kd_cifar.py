@@ -1,7 +1,7 @@
 """KD (Hinton et al. 2015) on CIFAR-100, every pair of the CRD benchmark.
 
 mdistiller/RepDistiller settings: T=4, CE weight 0.1, KD weight 0.9; the common
-protocol in kdjax/recipes.py. REPORTED is the CRD paper's top-1 (last epoch; the
+protocol in kdjax/recipes.py. The published top-1 (experiments/repro/tables.py) is the CRD paper's top-1 (last epoch; the
 DKD paper reuses it).
 
     python -m kdjax.main --config=configs/kd_cifar.py:resnet32x4,resnet8x4
@@ -25,14 +25,6 @@ PAIRS = {
     "resnet32x4,ShuffleV1": {},
     "resnet32x4,ShuffleV2": {},
     "wrn_40_2,ShuffleV1": {},
-}
-
-REPORTED = {
-    "resnet56,resnet20": 70.66, "resnet110,resnet20": 70.67, "resnet110,resnet32": 73.08,
-    "resnet32x4,resnet8x4": 73.33, "wrn_40_2,wrn_16_2": 74.92, "wrn_40_2,wrn_40_1": 73.54,
-    "vgg13,vgg8": 72.98, "vgg13,MobileNetV2": 67.37, "ResNet50,MobileNetV2": 67.35,
-    "ResNet50,vgg8": 73.81, "resnet32x4,ShuffleV1": 74.07, "resnet32x4,ShuffleV2": 74.45,
-    "wrn_40_2,ShuffleV1": 74.83,
 }
 
 

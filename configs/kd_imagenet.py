@@ -16,7 +16,7 @@ trained here: download the .pth into `teachers/` (or point
     python -m kdjax.main --config=configs/kd_imagenet.py:imagenet_resnet34,imagenet_resnet18 \
         --config.data.data_dir=/data/tfds --workdir=runs/kd_imagenet_r34_r18
 
-REPORTED: mdistiller README top-1 (best epoch, mean of 3 runs; docs/protocol.md §4.4).
+Published top-1 (experiments/repro/tables.py): mdistiller README top-1 (best epoch, mean of 3 runs; docs/protocol.md §4.4).
 """
 from kdjax import recipes
 
@@ -32,12 +32,6 @@ PAIRS = {
     "imagenet_resnet34,imagenet_resnet18": {},
     "imagenet_resnet50,imagenet_mobilenetv1": {},
 }
-
-REPORTED = {
-    "imagenet_resnet34,imagenet_resnet18": 71.03,
-    "imagenet_resnet50,imagenet_mobilenetv1": 70.50,
-}
-REPORTED_METRIC = "best"
 
 
 def imagenet_protocol(c):

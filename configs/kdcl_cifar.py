@@ -11,15 +11,14 @@ kdjax/methods/kdcl.py, where every ⚠ choice is written down).
 
 Schedule: KDCL's CIFAR-100 hyperparameters are not recorded (docs/methods.md §7.16), so
 the online configs share AFD's recipe (300 epochs, batch 128, SGD lr 0.1, momentum
-0.9, weight decay 1e-4, x0.1 at 150/225). No published number is recorded: REPORTED
-is empty.
+0.9, weight decay 1e-4, x0.1 at 150/225). No published number is recorded
+(experiments/repro/tables.py has none).
 """
 from kdjax import recipes
 from kdjax.models import cohort
 
 DEFAULT = "resnet32,resnet32"
 PAIRS = {"resnet32,resnet32": {}}  # any cohort of zoo models runs; no per-cohort overrides
-REPORTED = {}
 
 
 def get_config(arg: str = DEFAULT):

@@ -5,7 +5,7 @@ KDSVD weight 1, k = 1 (teacher) / k + 3 (student) singular vectors of the stage 
 outputs; no logit KD term; the common protocol in kdjax/recipes.py.
 
 No CIFAR-100 number has been published for KDSVD (neither RepDistiller's nor mdistiller's
-README has one), so REPORTED is empty and the method has no column in README's table.
+README has one), so experiments/repro/tables.py records none and the method has no column in README's table.
 The only pair a reference configures is mdistiller's resnet32x4 -> resnet8x4. The
 reference's singular vectors live on the map width, so a teacher and student stage must
 have equally wide maps (true for the same-family CIFAR pairs; other pairs are refused).
@@ -16,7 +16,6 @@ from kdjax import recipes
 
 DEFAULT_PAIR = "resnet32x4,resnet8x4"
 
-REPORTED: dict[str, float] = {}
 
 # teacher,student -> overrides of the common recipe.
 PAIRS = {"resnet32x4,resnet8x4": {}}

@@ -7,8 +7,8 @@ teacher's BatchNorms in train mode for OFD (batch statistics), so this config se
 `teacher.bn_mode = 'batch_stats'` (`--config.teacher.bn_mode=eval` for the usual frozen
 teacher).
 
-REPORTED is the DKD paper's tables (mdistiller runs; mdistiller reports the best epoch).
-Entries listed in UNCONFIRMED are single readings of the DKD paper not confirmed by a
+The published top-1 (experiments/repro/tables.py) is the DKD paper's tables (mdistiller runs; mdistiller reports the best epoch).
+Entries listed in its UNCONFIRMED (experiments/repro/tables.py) are single readings of the DKD paper not confirmed by a
 second copy (docs/methods.md §7.9 ⚠); the others are confirmed by the ND README. No OFD number
 exists for resnet110,resnet20 or ResNet50,vgg8, so those pairs are not listed.
 
@@ -18,20 +18,22 @@ from kdjax import recipes
 
 DEFAULT_PAIR = "resnet32x4,resnet8x4"
 
-REPORTED = {
-    "resnet56,resnet20": 70.98, "resnet110,resnet32": 73.23, "resnet32x4,resnet8x4": 74.95,
-    "wrn_40_2,wrn_16_2": 75.24, "wrn_40_2,wrn_40_1": 74.33, "vgg13,vgg8": 73.95,
-    "resnet32x4,ShuffleV1": 75.98, "wrn_40_2,ShuffleV1": 75.85, "vgg13,MobileNetV2": 69.48,
-    "ResNet50,MobileNetV2": 69.04, "resnet32x4,ShuffleV2": 76.82,
-}
-
-UNCONFIRMED = frozenset({"resnet110,resnet32", "wrn_40_2,wrn_16_2", "vgg13,vgg8",
-                         "wrn_40_2,ShuffleV1", "vgg13,MobileNetV2"})
-
-REPORTED_METRIC = "best"
 
 # teacher,student -> overrides of the common recipe (none: one setting for every pair).
-PAIRS = {pair: {} for pair in REPORTED}
+_PAIR_NAMES = (
+    'resnet56,resnet20',
+    'resnet110,resnet32',
+    'resnet32x4,resnet8x4',
+    'wrn_40_2,wrn_16_2',
+    'wrn_40_2,wrn_40_1',
+    'vgg13,vgg8',
+    'resnet32x4,ShuffleV1',
+    'wrn_40_2,ShuffleV1',
+    'vgg13,MobileNetV2',
+    'ResNet50,MobileNetV2',
+    'resnet32x4,ShuffleV2',
+)
+PAIRS = {pair: {} for pair in _PAIR_NAMES}
 
 
 def get_config(pair: str = DEFAULT_PAIR):

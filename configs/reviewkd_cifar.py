@@ -4,7 +4,7 @@ Method settings are the official release's (`dvlab-research/ReviewKD`,
 `CIFAR-100/train.py` and `script/reviewKD.sh`): CE weight 1, feature-loss weight
 λ per pair (`reviewkd.weight`), warmup min(epoch / 20, 1) with the release's
 0-indexed epoch (factor 0 during the first epoch), C_mid = min(512, deepest student
-channels); see kdjax/methods/reviewkd.py. REPORTED is the paper's top-1 (best
+channels); see kdjax/methods/reviewkd.py. The published top-1 (experiments/repro/tables.py) is the paper's top-1 (best
 epoch of the release's own recipe and its own teachers).
 
 Training recipe. By default this config uses the common CRD/mdistiller protocol of
@@ -40,9 +40,9 @@ Ablations. Append an ABLATIONS name to get one ablation of the ML Reproducibilit
 Challenge report on ReviewKD (docs/sources.md [S0]; docs/methods.md §3.6) as overrides of the
 method's switches (kdjax/methods/reviewkd.py): `release` (the baseline: the official
 configuration, no override), `no_abf`, `feed_output`, `hcl_full_4`,
-`hcl_equal_weights`, `no_hcl`, `no_review`, `rlf_only`, `none`. ABLATION_ROWS is the
-order of `experiments/reproduce.py --table=reviewkd_ablation`, ABLATION_REPORTED the
-report's numbers (its component table is on resnet56,resnet20 only, with λ = 0.7
+`hcl_equal_weights`, `no_hcl`, `no_review`, `rlf_only`, `none`. The order of
+`experiments/reproduce.py --table=reviewkd_ablation` and the report's numbers are in
+experiments/repro/tables.py (its component table is on resnet56,resnet20 only, with λ = 0.7
 where this config uses the release's 0.6; for the other pairs it gives only the full
 method's reproduction).
 
@@ -73,16 +73,6 @@ PAIRS = {
 
 UNPUBLISHED_WEIGHT = frozenset({"vgg13,vgg8", "vgg13,MobileNetV2", "ResNet50,MobileNetV2"})
 
-REPORTED = {
-    "resnet56,resnet20": 71.89, "resnet110,resnet32": 73.89, "resnet32x4,resnet8x4": 75.63,
-    "wrn_40_2,wrn_16_2": 76.12, "wrn_40_2,wrn_40_1": 75.09, "wrn_40_2,ShuffleV1": 77.14,
-    "resnet32x4,ShuffleV1": 77.45, "resnet32x4,ShuffleV2": 77.78, "vgg13,vgg8": 74.84,
-    "vgg13,MobileNetV2": 70.37,  # one third-party copy (ITRD README) only
-    "ResNet50,MobileNetV2": 69.89,
-}
-
-# The release saves and reports the best test epoch (`best_acc` in `CIFAR-100/train.py`).
-REPORTED_METRIC = "best"
 
 # Ablation variant -> config overrides (the switches of kdjax/methods/reviewkd.py). MLRC names its
 # component table's rows by what is added to a per-level FitNets-like baseline: none (no review, no
@@ -99,24 +89,7 @@ ABLATIONS = {
     "rlf_only": {"reviewkd.abf": False, "reviewkd.hcl_levels": (0,)},    # MLRC "+ RLF"
     "none": {"reviewkd.review": False, "reviewkd.abf": False, "reviewkd.hcl_levels": (0,)},  # MLRC "none"
 }
-ABLATION_ROWS = tuple(ABLATIONS)
 ABLATION_BASELINE = "release"
-# MLRC 2021 reproduction (DevPranjal/ml-repro-2021 README; docs/methods.md §3.5-3.6): the full method on
-# every pair it ran, the components on resnet56,resnet20 only.
-ABLATION_REPORTED = {
-    "release": {"resnet32x4,resnet8x4": 76.02, "wrn_40_2,wrn_16_2": 76.27, "resnet56,resnet20": 71.79},
-    "no_abf": {"resnet56,resnet20": 71.51},
-    "no_hcl": {"resnet56,resnet20": 71.28},
-    "rlf_only": {"resnet56,resnet20": 69.92},
-    "none": {"resnet56,resnet20": 69.50},
-}
-# The full-method rows ran the release's code (best epoch); the component rows ran MLRC's own
-# re-implementation, whose reported epoch is not stated.
-ABLATION_REPORTED_METRIC = {"release": "best"}
-ABLATION_NOTES = {
-    variant: {"resnet56,resnet20": "MLRC's component ablation, λ = 0.7 (this config: the release's 0.6)"}
-    for variant in ("release", "no_abf", "no_hcl", "rlf_only", "none")
-}
 
 OFFICIAL_BATCH_SIZE = 128
 OFFICIAL_LR_MILESTONES = (151, 181, 211)

@@ -16,22 +16,14 @@ outputs (the CIFAR release), so this config is not bit-identical to that recipe.
     python -m kdjax.main --config=configs/reviewkd_imagenet.py:imagenet_resnet34,imagenet_resnet18 \
         --config.data.data_dir=/data/tfds --workdir=runs/reviewkd_imagenet_r34_r18
 
-REPORTED: ReviewKD `ImageNet/README.md` top-1 (best epoch; docs/protocol.md §4.4).
+Published top-1 (experiments/repro/tables.py): ReviewKD `ImageNet/README.md` top-1 (best epoch; docs/protocol.md §4.4).
 """
-import importlib.util
-import os
-
 from kdjax import recipes
 
 
 def _kd_imagenet():
-  """configs/kd_imagenet.py (the shared ImageNet recipe), loaded by path: configs/ is no package."""
-  spec = importlib.util.spec_from_file_location(
-      "kdjax_config_kd_imagenet", os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                                               "kd_imagenet.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  """configs/kd_imagenet.py, the shared ImageNet recipe."""
+  return recipes.sibling_config(__file__, "kd_imagenet.py")
 
 
 DEFAULT_PAIR = "imagenet_resnet34,imagenet_resnet18"
@@ -42,11 +34,6 @@ PAIRS = {
                                                "reviewkd.max_mid_channel": 256},
 }
 
-REPORTED = {
-    "imagenet_resnet34,imagenet_resnet18": 71.61,
-    "imagenet_resnet50,imagenet_mobilenetv1": 72.56,
-}
-REPORTED_METRIC = "best"
 
 BATCH_SIZE = 256
 LR = 0.1

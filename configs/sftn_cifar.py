@@ -25,10 +25,9 @@ LR; kdjax applies it to phase 2 only and trains the phase-1 teacher at the teach
 PAIRS: the CRD-benchmark pairs whose students are in the families the paper evaluates (ResNet,
 WRN, VGG, ShuffleNetV1/V2; it has no MobileNetV2 student); every pair has the same number of
 teacher and student stages, which SFTN's branches need. The paper's exact pair list is in its
-Tables 1-2, not retrieved (docs/methods.md §4.3), so REPORTED is empty: **no per-pair SFTN number is
+Tables 1-2, not retrieved (docs/methods.md §4.3), so experiments/repro/tables.py records none: **no per-pair SFTN number is
 known here**, only the paper's averages (+1.58 / +1.51 points over the standard teacher).
 """
-import importlib.util
 import os
 
 from kdjax import recipes
@@ -42,9 +41,6 @@ PAIRS = {pair: {} for pair in (
     "wrn_40_2,wrn_16_2", "wrn_40_2,wrn_40_1", "vgg13,vgg8", "ResNet50,vgg8",
     "resnet32x4,ShuffleV1", "resnet32x4,ShuffleV2", "wrn_40_2,ShuffleV1")}
 
-# Per-pair numbers of the paper's Tables 1-2 were not available (docs/methods.md §4.3): none claimed.
-REPORTED: dict[str, float] = {}
-
 
 def _method_config(method: str, pair: str):
   """Phase 2's config: `configs/<method>_cifar.py:pair` when that file exists, else the method's defaults."""
@@ -53,15 +49,7 @@ def _method_config(method: str, pair: str):
     raise UserError("METHOD is the phase-2 distillation method (kd, dkd, reviewkd, ...), not sftn.")
   if not os.path.exists(path):
     return recipes.distill_config(method, pair, pair, {pair: {}})
-  spec = importlib.util.spec_from_file_location(f"kdjax_sftn_phase2_{method}", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(pair)
-
-
-# The runner's teacher job (experiments/reproduce.py): phase 1 alone, one teacher per pair.
-TEACHER_JOB = "{pair},teacher"
-TEACHER_DIR = "{dataset}_{teacher}_sftn_{student}"
+  return recipes.load_config_module(path).get_config(pair)
 
 
 def get_config(arg: str = DEFAULT_PAIR):

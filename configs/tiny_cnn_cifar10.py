@@ -10,7 +10,7 @@ at several temperatures and (alpha, beta). The argument names the variant:
     dkd_t<T>_a<alpha>_b<beta> DKD at temperature T; alpha weights TCKD, beta NCKD (CE weight 1)
 
 e.g. `kd_t5`, `dkd_t1_a0.7_b0.25`. `ROWS` is the study's table (what
-`experiments/reproduce.py --table=tiny_cnn_dkd` runs), `REPORTED` its numbers.
+`experiments/reproduce.py --table=tiny_cnn_dkd` runs); its numbers are in experiments/repro/tables.py.
 
     python -m kdjax.main --config=configs/tiny_cnn_cifar10.py:dkd_t1_a0.7_b0.25 --workdir=runs/tiny/dkd
     python -m kdjax.main --config=configs/tiny_cnn_cifar10.py:kd_t1 --config.data.name=digits --workdir=/tmp/t
@@ -81,22 +81,6 @@ ROWS = ("nokd", "kd_t1", "kd_t5",
         *(f"dkd_t1_a{a:g}_b{b:g}" for a in (0.7, 1.0) for b in DKD_BETAS),
         "dkd_t2_a1_b2", "dkd_t4_a1_b2")
 
-# The study's accuracies (%). No-KD appears twice there (56.74 beside the KD T=1 rows,
-# 56.49 beside the KD T=5 rows); the first is used, both are in REPORTED_NOTES.
-REPORTED = {
-    "nokd": 56.74, "kd_t1": 59.87, "kd_t5": 57.92,
-    "dkd_t1_a0.7_b0.25": 59.27, "dkd_t1_a0.7_b0.5": 58.15, "dkd_t1_a0.7_b0.75": 56.84,
-    "dkd_t1_a0.7_b1": 56.07, "dkd_t1_a0.7_b1.5": 52.84,
-    "dkd_t1_a1_b1.5": 53.66, "dkd_t1_a1_b2": 56.28, "dkd_t1_a1_b2.5": 36.71,
-    "dkd_t2_a1_b2": 1.0, "dkd_t4_a1_b2": 1.0,
-}
-REPORTED_NOTES = {
-    "nokd": "the study lists 56.74 and 56.49 (two no-KD runs)",
-    "dkd_t2_a1_b2": "the study: for T > 1 (e.g. T = 2) the DKD loss is NaN and accuracy 1.0% "
-                    "(its alpha/beta for that run are not stated)",
-    "dkd_t4_a1_b2": "as T = 2: the study reports NaN loss / 1.0% for every T > 1",
-}
-REPORTED_METRIC = "unknown"  # "mean validation accuracy", epoch not stated
 
 _NUM = r"(\d+(?:\.\d+)?)"
 _KD = re.compile(rf"kd_t{_NUM}(?:_a{_NUM})?")

@@ -3,7 +3,7 @@
 Published settings: stages 1-3, CE weight 1, VID weight 1, initial variance 5
 (mdistiller `cfg.VID`, RepDistiller `--distill vid -a 0 -b 1`);
 no logit KD term; the common protocol in kdjax/recipes.py.
-REPORTED is RepDistiller's README (the CRD paper's table; last epoch).
+The published top-1 (experiments/repro/tables.py) is RepDistiller's README (the CRD paper's table; last epoch).
 
     python -m kdjax.main --config=configs/vid_cifar.py:resnet32x4,resnet8x4
 """
@@ -11,16 +11,24 @@ from kdjax import recipes
 
 DEFAULT_PAIR = "resnet32x4,resnet8x4"
 
-REPORTED = {
-    "resnet56,resnet20": 70.38, "resnet110,resnet20": 70.16, "resnet110,resnet32": 72.61,
-    "resnet32x4,resnet8x4": 73.09, "wrn_40_2,wrn_16_2": 74.11, "wrn_40_2,wrn_40_1": 73.30,
-    "vgg13,vgg8": 71.23, "vgg13,MobileNetV2": 65.56, "ResNet50,MobileNetV2": 67.57,
-    "ResNet50,vgg8": 70.30, "resnet32x4,ShuffleV1": 73.38, "resnet32x4,ShuffleV2": 73.40,
-    "wrn_40_2,ShuffleV1": 73.61,
-}
 
 # teacher,student -> overrides of the common recipe (none: one setting for every pair).
-PAIRS = {pair: {} for pair in REPORTED}
+_PAIR_NAMES = (
+    'resnet56,resnet20',
+    'resnet110,resnet20',
+    'resnet110,resnet32',
+    'resnet32x4,resnet8x4',
+    'wrn_40_2,wrn_16_2',
+    'wrn_40_2,wrn_40_1',
+    'vgg13,vgg8',
+    'vgg13,MobileNetV2',
+    'ResNet50,MobileNetV2',
+    'ResNet50,vgg8',
+    'resnet32x4,ShuffleV1',
+    'resnet32x4,ShuffleV2',
+    'wrn_40_2,ShuffleV1',
+)
+PAIRS = {pair: {} for pair in _PAIR_NAMES}
 
 
 def get_config(pair: str = DEFAULT_PAIR):

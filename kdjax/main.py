@@ -13,7 +13,6 @@ explicitly `--coordinator_address=HOST:PORT --num_processes=N --process_id=I`).
 from __future__ import annotations
 
 import difflib
-import importlib.util
 import os
 import sys
 
@@ -74,9 +73,8 @@ def _load_config_from_argv(argv: list[str]):
   if spec is None:
     return None
   path, _, arg = spec.partition(":")
-  module_spec = importlib.util.spec_from_file_location("kdjax_user_config", path)
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
+  from kdjax import recipes  # pylint: disable=import-outside-toplevel  (after the flags set JAX up)
+  module = recipes.load_config_module(path)
   return module.get_config(arg) if arg else module.get_config()
 
 

@@ -9,6 +9,10 @@ typo is rejected by the locked config.
 """
 from __future__ import annotations
 
+import importlib.util
+import os
+from types import ModuleType
+
 import ml_collections
 
 from kdjax import defaults, methods
@@ -26,6 +30,22 @@ def method_defaults() -> ml_collections.ConfigDict:
 def base_config() -> ml_collections.ConfigDict:
   """Every field a run reads, at the CIFAR-100 protocol's values, and every method's node."""
   return defaults.base_config(methods.registry.defaults())
+
+
+def load_config_module(path: str) -> ModuleType:
+  """Imports the config file `path` (`configs/` is not a package) as a module of its own."""
+  name = "kdjax_config_" + os.path.splitext(os.path.basename(path))[0]
+  spec = importlib.util.spec_from_file_location(name, path)
+  if spec is None or spec.loader is None:
+    raise UserError(f"cannot load config file {path!r}: it must be a Python file with get_config().")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def sibling_config(config_file: str, name: str) -> ModuleType:
+  """The config `name` (e.g. 'kd_imagenet.py') next to `config_file` (a config's `__file__`)."""
+  return load_config_module(os.path.join(os.path.dirname(os.path.abspath(config_file)), name))
 
 
 def student_lr(student: str) -> float:

@@ -13,7 +13,7 @@ float32 the deep taps of resnet110 differ by ~1e-3 at magnitude ~13, logits by u
 float32 could not tell a real semantic difference from rounding; float64 can.
 
 Running statistics. PyTorch folds the *unbiased* batch variance (x n / (n - 1)) into
-`running_var`; `flax.linen.BatchNorm` would use the biased one (protocol.md §5.5), but
+`running_var`; `flax.linen.BatchNorm` would use the biased one (docs/protocol.md §5.5), but
 `kdjax.models.layers.BatchNorm` reproduces PyTorch's rule, so Flax's running mean and var are
 compared with PyTorch's directly. A forward pre-hook records every BN call's input, from which the
 test replays both rules: PyTorch's own `running_var` must equal the unbiased replay (this documents

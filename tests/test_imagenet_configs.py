@@ -1,6 +1,5 @@
 """configs/{kd,dkd,reviewkd}_imagenet.py: the published recipes, valid pairs, clear errors."""
 import functools
-import importlib.util
 import os
 import subprocess
 import sys
@@ -9,8 +8,9 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from kdjax import methods, models
+from kdjax import methods, models, recipes
 from kdjax.errors import UserError
+from experiments.repro import tables
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)
@@ -18,16 +18,13 @@ R34_R18, R50_MV1 = "imagenet_resnet34,imagenet_resnet18", "imagenet_resnet50,ima
 
 
 def _config_module(name):
-  spec = importlib.util.spec_from_file_location(f"test_{name}", os.path.join(ROOT, "configs", f"{name}.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return recipes.load_config_module(os.path.join(ROOT, "configs", f"{name}.py"))
 
 
 @pytest.mark.parametrize("name", ["kd_imagenet", "dkd_imagenet", "reviewkd_imagenet"])
 def test_configs_build_with_the_imagenet_protocol(name):
   module = _config_module(name)
-  assert set(module.PAIRS) == set(module.REPORTED) == {R34_R18, R50_MV1}
+  assert set(module.PAIRS) == set(tables.REPORTED[name]) == {R34_R18, R50_MV1}
   for pair in module.PAIRS:
     c = module.get_config(pair)
     teacher, student = pair.split(",")
@@ -52,12 +49,12 @@ def test_published_method_hyperparameters():
     c = dkd.get_config(pair)
     assert (c.dkd.beta, c.dkd.alpha, c.dkd.temperature, c.dkd.ce_weight) == (beta, 1.0, 1.0, 1.0)
     assert (c.dkd.warmup_epochs, c.dkd.warmup_epoch_base, c.batch_size, c.optim.lr) == (1.0, 1, 512, 0.2)
-  assert dkd.REPORTED == {R34_R18: 71.70, R50_MV1: 72.05}
+  assert tables.REPORTED["dkd_imagenet"] == {R34_R18: 71.70, R50_MV1: 72.05}
   review = _config_module("reviewkd_imagenet")
   for pair, weight, mid in ((R34_R18, 1.0, 512), (R50_MV1, 8.0, 256)):
     c = review.get_config(pair)
     assert (c.reviewkd.weight, c.reviewkd.max_mid_channel, c.batch_size, c.optim.lr) == (weight, mid, 256, 0.1)
-  assert review.REPORTED == {R34_R18: 71.61, R50_MV1: 72.56}
+  assert tables.REPORTED["reviewkd_imagenet"] == {R34_R18: 71.61, R50_MV1: 72.56}
 
 
 @functools.lru_cache(maxsize=None)

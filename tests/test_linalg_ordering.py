@@ -7,7 +7,7 @@ CI machine: the KDSVD loop below hung in 3 of 3 runs (at iteration 0, 10 and 20)
 concurrent Cholesky factorisations of 256x256 batches hung within 100 iterations.
 The structural tests read the compiled program; the loop runs in a subprocess under a
 timeout so that a hang fails the test instead of stalling the suite. KDSVD's real train
-steps through the CLI: tests/test_feature_methods_b.py::test_mocked_cli_two_epochs.
+steps through the CLI: tests/test_crd_ofd_kdsvd.py::test_mocked_cli_two_epochs.
 """
 import json
 import os

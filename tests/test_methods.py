@@ -99,7 +99,7 @@ def test_dkd_invariant_to_logit_shift():
 @pytest.mark.parametrize("margin", [1e3, 1e4])
 @pytest.mark.parametrize("case", ["student_confident", "both_confident", "teacher_confident", "wrong_class"])
 def test_dkd_finite_at_extreme_logits(temperature, margin, case):
-  """Where mdistiller's formulation gives inf/NaN (methods.md §2.6), kdjax stays finite."""
+  """Where mdistiller's formulation gives inf/NaN (docs/methods.md §2.6), kdjax stays finite."""
   s, t, y = _logits(6, batch=4, classes=10, scale=1.0)
   rows = np.arange(len(y))
   if case in ("student_confident", "both_confident"):

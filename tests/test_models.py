@@ -16,7 +16,7 @@ from kdjax import models
 from kdjax.models import layers
 
 # (trainable parameters, PyTorch state_dict entries) for 100 classes, from
-# /work/shared/reference/param_counts.md (enumerated from mdistiller's `models/cifar/` definitions).
+# enumerating mdistiller's `models/cifar/` definitions (the published teachers' state dicts).
 PARAM_COUNTS = {
     "resnet8": (83_892, 56),
     "resnet14": (181_108, 92),

@@ -21,6 +21,7 @@ from kdjax import checkpoint, methods, models, recipes
 from kdjax.errors import UserError
 from kdjax.methods import afd, dml, kdcl
 from kdjax.models import cohort
+from experiments.repro import tables
 from tests.torch_reference import online_losses as ref
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -410,10 +411,7 @@ def test_cohort_names():
 
 
 def _load_config(name, arg):
-  import importlib.util  # pylint: disable=import-outside-toplevel
-  spec = importlib.util.spec_from_file_location(f"_cfg_{name}", os.path.join(ROOT, "configs", f"{name}_cifar.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
+  module = recipes.load_config_module(os.path.join(ROOT, "configs", f"{name}_cifar.py"))
   return module, module.get_config(arg)
 
 
@@ -429,7 +427,7 @@ def test_configs(name):
   with pytest.raises(UserError):
     module.get_config("resnet8")
   if name == "afd":
-    assert module.REPORTED == {"resnet32,resnet32": 74.03}
+    assert tables.REPORTED["afd_cifar"] == {"resnet32,resnet32": 74.03}
     assert c.optim.weight_decay == 1e-4 and c.afd.adv_lr == 2e-5
 
 

@@ -1,6 +1,6 @@
 """AB, FT and FSP: the methods with a pre-stage. PyTorch parity, parameter masks, configs, CLI runs.
 
-Parity follows tests/test_feature_methods.py (its input builders and comparisons are reused):
+Parity follows tests/test_feature_baselines.py (its input builders and comparisons are reused):
 random features of exactly the kdjax models' shapes, the methods' modules with identical
 weights on both sides; float64 on a cross-family pair elementwise to 1e-9, float32 on a
 same-family pair to 1e-5 (norm-wise) of PyTorch's float32 or as close as PyTorch is to float64.
@@ -8,7 +8,6 @@ Each loss is the one the trainer calls: `method.prestage.update.loss` (AB, FT's 
 reconstruction, FSP) and `method.loss` (FT's main term with CE).
 """
 import functools
-import importlib.util
 import json
 import os
 import re
@@ -23,8 +22,9 @@ import torch
 
 from kdjax import methods, models, recipes
 from kdjax.methods import ab
-from tests import test_feature_methods as fm
-from tests.torch_reference import feature_losses_c as ref
+from experiments.repro import tables
+from tests import parity
+from tests.torch_reference import prestage as ref
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _PROGRESS = methods.Progress(step=0, epoch=0)
@@ -58,7 +58,7 @@ _jit_value_and_grads = jax.jit(_value_and_grads, static_argnums=0)
 def _jax_results(loss_fn, params, state, s_out, t_out, tap, term_key=None):
   """Loss, (term), d/d logits, d/d the student maps of `tap`, d/d params, the new state."""
   (value, (metrics, new_state)), (g_params, g_logits, g_feats) = _jit_value_and_grads(
-      loss_fn, params, state, s_out, t_out, fm._batch())
+      loss_fn, params, state, s_out, t_out, parity.batch())
   for other in ("feats", "preact_feats", "pooled"):  # only `tap` reaches the loss
     if other != tap:
       assert all(np.all(np.asarray(g) == 0) for g in jax.tree.leaves(g_feats[other])), other
@@ -67,24 +67,24 @@ def _jax_results(loss_fn, params, state, s_out, t_out, tap, term_key=None):
     out[term_key] = metrics[term_key]
   out.update({f"d/d {tap}[{i}]": g for i, g in enumerate(g_feats[tap])})
   with_path = jax.tree_util.tree_leaves_with_path
-  out.update({f"d/d params: {fm._path(p)}": g for p, g in with_path(g_params)})
-  out.update({f"state: {fm._path(p)}": v for p, v in with_path(new_state)})
+  out.update({f"d/d params: {parity.path(p)}": g for p, g in with_path(g_params)})
+  out.update({f"state: {parity.path(p)}": v for p, v in with_path(new_state)})
   return {k: np.asarray(v) for k, v in out.items()}
 
 
 def _init(name, student, s_out, t_out, dtype):
-  """Random params in `init`'s shapes, BN statistics 0 / 1 (as test_feature_methods does)."""
+  """Random params in `init`'s shapes, BN statistics 0 / 1 (as test_feature_baselines does)."""
   params, state = jax.eval_shape(_method(name, student).init, jax.random.key(0), s_out, t_out, {})
   state = jax.tree_util.tree_map_with_path(
-      lambda p, s: np.full(s.shape, 1.0 if fm._path(p).endswith("var") else 0.0, dtype), state)
-  return fm._random_like(params, 3, dtype), state
+      lambda p, s: np.full(s.shape, 1.0 if parity.path(p).endswith("var") else 0.0, dtype), state)
+  return parity.random_like(params, 3, dtype), state
 
 
 # -------------------------------------------------- the PyTorch side, weights copied in
 
 
 def _tensor(x, dtype, grad):
-  return torch.tensor(fm._nchw(np.asarray(x, dtype)), requires_grad=grad)
+  return torch.tensor(parity.nchw(np.asarray(x, dtype)), requires_grad=grad)
 
 
 def _torch_results(term_fn, params, s_out, t_out, tap, dtype, ce_weight=0.0, feat_weight=1.0,
@@ -97,14 +97,14 @@ def _torch_results(term_fn, params, s_out, t_out, tap, dtype, ce_weight=0.0, fea
   term, links, buffers = term_fn(params, s_maps, t_maps, s_maps[0].dtype)  # a torch dtype
   total = feat_weight * term
   if ce_weight:
-    labels = torch.tensor(fm._batch()["label"], dtype=torch.long)
+    labels = torch.tensor(parity.batch()["label"], dtype=torch.long)
     total = total + ce_weight * torch.nn.functional.cross_entropy(logits, labels)
   total.backward()
   grad = lambda x: np.zeros(x.shape, dtype) if x.grad is None else x.grad.numpy()
   out = {"loss": total.detach().numpy(), "d/d logits": grad(logits)}
   if term_key:
     out[term_key] = term.detach().numpy()
-  out.update({f"d/d {tap}[{i}]": fm._nhwc(grad(f)) for i, f in enumerate(s_maps)})
+  out.update({f"d/d {tap}[{i}]": parity.nhwc(grad(f)) for i, f in enumerate(s_maps)})
   out.update({f"d/d params: {p}": to_flax(grad(param))
               for p, (param, (_, to_flax)) in links.items()})
   out.update({k: v.numpy() for k, v in buffers.items()})
@@ -112,11 +112,11 @@ def _torch_results(term_fn, params, s_out, t_out, tap, dtype, ce_weight=0.0, fea
 
 
 def _conv_bn_links(prefix, conv, bn):
-  links = {f"{prefix}conv/kernel": (conv.weight, fm._CONV),
-           f"{prefix}conv/bias": (conv.bias, fm._SAME)}
+  links = {f"{prefix}conv/kernel": (conv.weight, parity.CONV),
+           f"{prefix}conv/bias": (conv.bias, parity.SAME)}
   if bn is not None:
-    links.update({f"{prefix}bn/scale": (bn.weight, fm._SAME),
-                  f"{prefix}bn/bias": (bn.bias, fm._SAME)})
+    links.update({f"{prefix}bn/scale": (bn.weight, parity.SAME),
+                  f"{prefix}bn/bias": (bn.bias, parity.SAME)})
   return links
 
 
@@ -133,7 +133,7 @@ def _torch_ab(params, g_s, g_t, dtype, margin=1.0):
     links.update(_conv_bn_links(f"{name}/", conn.conv, conn.bn))
     buffers[f"state: batch_stats/{name}/bn/mean"] = conn.bn.running_mean
     buffers[f"state: batch_stats/{name}/bn/var"] = conn.bn.running_var
-  fm._load(params, links)
+  parity.load(params, links)
   return ref.ab(g_s, g_t, connectors, margin), links, buffers
 
 
@@ -142,9 +142,9 @@ def _paraphraser(params, channels, dtype):
   links = {}
   for i in range(3):
     for part, seq in (("encoder", net.encoder), ("decoder", net.decoder)):
-      links[f"paraphraser/{part}{i}/kernel"] = (seq[2 * i].weight, fm._CONV)
-      links[f"paraphraser/{part}{i}/bias"] = (seq[2 * i].bias, fm._SAME)
-  return net, fm._load(params, links)
+      links[f"paraphraser/{part}{i}/kernel"] = (seq[2 * i].weight, parity.CONV)
+      links[f"paraphraser/{part}{i}/bias"] = (seq[2 * i].bias, parity.SAME)
+  return net, parity.load(params, links)
 
 
 def _torch_ft_reconstruction(params, g_s, g_t, dtype):
@@ -161,13 +161,13 @@ def _torch_ft(params, g_s, g_t, dtype):
   links, buffers = {}, {}
   for i in range(3):
     conv, bn = translator.encoder[3 * i], translator.encoder[3 * i + 1]
-    links.update({f"translator/conv{i}/kernel": (conv.weight, fm._CONV),
-                  f"translator/conv{i}/bias": (conv.bias, fm._SAME),
-                  f"translator/bn{i}/scale": (bn.weight, fm._SAME),
-                  f"translator/bn{i}/bias": (bn.bias, fm._SAME)})
+    links.update({f"translator/conv{i}/kernel": (conv.weight, parity.CONV),
+                  f"translator/conv{i}/bias": (conv.bias, parity.SAME),
+                  f"translator/bn{i}/scale": (bn.weight, parity.SAME),
+                  f"translator/bn{i}/bias": (bn.bias, parity.SAME)})
     buffers[f"state: batch_stats/bn{i}/mean"] = bn.running_mean
     buffers[f"state: batch_stats/bn{i}/var"] = bn.running_var
-  fm._load(params, links)
+  parity.load(params, links)
   return ref.ft(f_s, f_t, translator, paraphraser), links, buffers
 
 
@@ -197,7 +197,7 @@ PAIRS32 = {"ab_init": ("wrn_40_2", "wrn_40_1"), "ft_init": ("resnet32x4", "resne
 def _both(case, teacher, student, dtype):
   method_name = case.split("_")[0]
   get_loss, tap, torch_term, ce_weight, feat_weight, key = CASES[case]
-  s_out, t_out = fm._outputs(student, 0, dtype), fm._outputs(teacher, 1, dtype)
+  s_out, t_out = parity.outputs(student, 0, dtype), parity.outputs(teacher, 1, dtype)
   loss_fn = get_loss(_method(method_name, student))
   with jax.enable_x64(dtype == np.float64):
     params, state = _init(method_name, student, s_out, t_out, dtype)
@@ -219,14 +219,14 @@ def _both(case, teacher, student, dtype):
 def test_matches_torch_float64_cross_family(case):
   ours, theirs = _both(case, *PAIRS64[case], np.float64)
   assert ours["loss"].dtype == np.float64
-  fm._assert_equal64(ours, theirs(np.float64))
+  parity.assert_equal64(ours, theirs(np.float64))
 
 
 @pytest.mark.parametrize("case", CASES)
 def test_matches_torch_float32(case):
   ours, theirs = _both(case, *PAIRS32[case], np.float32)
   assert ours["loss"].dtype == np.float32
-  fm._assert_equal32(ours, theirs(np.float32), theirs(np.float64))
+  parity.assert_equal32(ours, theirs(np.float32), theirs(np.float64))
 
 
 @pytest.mark.parametrize("shapes", [((16, 16, 8), (8, 8, 12)), ((8, 8, 8), (16, 16, 12)),
@@ -242,20 +242,20 @@ def test_ab_connector_branches_match_torch(shapes):
   stats = {"connector1": {"bn": {"mean": np.zeros(t_shape[-1]), "var": np.ones(t_shape[-1])}}}
   with jax.enable_x64(True):
     abstract = jax.eval_shape(functools.partial(module.init, train=False), jax.random.key(0), x)
-    params = {"connector1": fm._random_like(abstract["params"], 1, np.float64)}
+    params = {"connector1": parity.random_like(abstract["params"], 1, np.float64)}
     value, (g_params, g_x) = jax.jit(jax.value_and_grad(
         lambda p, x: ab.ab_loss(p, stats, [(x, target)], 1.0)[0], argnums=(0, 1)))(params, x)
-  conn = ref.ABConnector(fm._nchw(x).shape[1:], fm._nchw(target).shape[1:]).double().train()
-  links = fm._load(params, _conv_bn_links("connector1/", conn.conv, conn.bn))
-  xt = torch.tensor(fm._nchw(x), requires_grad=True)
-  expected = ref.ab([xt], [torch.tensor(fm._nchw(target))], [conn])
+  conn = ref.ABConnector(parity.nchw(x).shape[1:], parity.nchw(target).shape[1:]).double().train()
+  links = parity.load(params, _conv_bn_links("connector1/", conn.conv, conn.bn))
+  xt = torch.tensor(parity.nchw(x), requires_grad=True)
+  expected = ref.ab([xt], [torch.tensor(parity.nchw(target))], [conn])
   expected.backward()
   ours = {"loss": np.asarray(value), "d/d x": np.asarray(g_x)}
-  ours.update({f"d/d params: {p}": np.asarray(fm._leaf(g_params, p)) for p in links})
-  theirs = {"loss": expected.detach().numpy(), "d/d x": fm._nhwc(xt.grad.numpy())}
+  ours.update({f"d/d params: {p}": np.asarray(parity.leaf(g_params, p)) for p in links})
+  theirs = {"loss": expected.detach().numpy(), "d/d x": parity.nhwc(xt.grad.numpy())}
   theirs.update({f"d/d params: {p}": to_flax(param.grad.numpy())
                  for p, (param, (_, to_flax)) in links.items()})
-  fm._assert_equal64(ours, theirs)
+  parity.assert_equal64(ours, theirs)
 
 
 def test_ab_loss_formula_by_hand():
@@ -276,7 +276,7 @@ def test_ab_loss_formula_by_hand():
 def test_finite_at_zero_features(name):
   """All-zero maps (dead ReLUs, FT's normalised factor of zeros): finite value and gradients."""
   teacher, student = PAIRS32[f"{name}_init"]
-  s_out, t_out = fm._outputs(student, 0), fm._outputs(teacher, 1)
+  s_out, t_out = parity.outputs(student, 0), parity.outputs(teacher, 1)
   zero = lambda out: (out[0], jax.tree.map(np.zeros_like, out[1]))
   s_out, t_out = zero(s_out), zero(t_out)
   method = _method(name, student)
@@ -334,11 +334,11 @@ def _masked_step(tree, trains, optimizer):
 def test_ab_prestage_update_leaves_the_classifier_untouched():
   """A masked SGD step with AB's pre-stage Update: fc identical, features and connectors moved."""
   teacher, student = "resnet8x4", "resnet8"
-  s_out, t_out = fm._outputs(student, 0), fm._outputs(teacher, 1)
+  s_out, t_out = parity.outputs(student, 0), parity.outputs(teacher, 1)
   method = _method("ab", student)
   params, _ = _init("ab", student, s_out, t_out, np.float32)
   assert set(params) == {"connector1", "connector2", "connector3"}  # 16/32/64 -> 64/128/256 ch
-  tree = {"student": fm._random_like(_student_params(student), 0, np.float32), "method": params}
+  tree = {"student": parity.random_like(_student_params(student), 0, np.float32), "method": params}
   update = method.prestage.update
   new = _masked_step(tree, update.trains, update.optimizer(10))
   same = lambda a, b: all(np.array_equal(x, y)
@@ -355,9 +355,9 @@ def test_ab_prestage_update_leaves_the_classifier_untouched():
 
 def test_ft_masks_pretrain_then_freeze_the_paraphraser():
   teacher, student = "resnet8x4", "resnet8"
-  s_out, t_out = fm._outputs(student, 0), fm._outputs(teacher, 1)
+  s_out, t_out = parity.outputs(student, 0), parity.outputs(teacher, 1)
   params, _ = _init("ft", student, s_out, t_out, np.float32)
-  tree = {"student": fm._random_like(_student_params(student), 0, np.float32), "method": params}
+  tree = {"student": parity.random_like(_student_params(student), 0, np.float32), "method": params}
   method = _method("ft", student)
   pre = {p for p in _paths(tree) if method.prestage.update.trains(p)}
   main = {p for p in _paths(tree) if method.trains(p)}
@@ -372,15 +372,11 @@ def test_ft_masks_pretrain_then_freeze_the_paraphraser():
 
 
 def _config_module(name):
-  spec = importlib.util.spec_from_file_location(f"_{name}_cifar", os.path.join(ROOT, "configs",
-                                                                              f"{name}_cifar.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return recipes.load_config_module(os.path.join(ROOT, "configs", f"{name}_cifar.py"))
 
 
 def _abstract_outputs(arch):
-  feats, preacts, pooled = fm._shapes(arch)
+  feats, preacts, pooled = parity.shapes(arch)
   s = lambda shape: jax.ShapeDtypeStruct((2, *shape), np.float32)
   return (s((100,)), {"feats": tuple(s(f) for f in feats),
                       "preact_feats": tuple(s(f) for f in preacts), "pooled": s(pooled)})
@@ -390,7 +386,7 @@ def _abstract_outputs(arch):
 def test_configs_every_published_pair_builds(name):
   """Every pair: a REPORTED number, 30 pre-stage epochs at the published LR, `init` runs."""
   module = _config_module(name)
-  assert set(module.PAIRS) == set(module.REPORTED)
+  assert set(module.PAIRS) == set(tables.REPORTED[f"{name}_cifar"])
   assert len(module.PAIRS) == (6 if name == "fsp" else 13)
   for pair in module.PAIRS:
     teacher, student = pair.split(",")
@@ -425,7 +421,7 @@ def _cli(args, workdir):
   """Runs tests/mocked_main.py on 64 mocked CIFAR-100 images (2 steps of 32 per epoch)."""
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", JAX_PLATFORMS="cpu", PYTHONPATH=ROOT,
              KDJAX_MOCK_EXAMPLES="64",
-             XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} {fm._FAST_COMPILE}".strip())
+             XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} {parity.FAST_COMPILE}".strip())
   common = ["--config.epochs=1", "--config.batch_size=32", "--config.eval_batch_size=64",
             "--config.progress_bar=False", f"--workdir={workdir}"]
   result = subprocess.run([sys.executable, os.path.join(ROOT, "tests", "mocked_main.py"), *args,

@@ -335,15 +335,15 @@ def test_reviewkd_ablation_dry_run_lists_every_ablation_on_both_pairs(tmp_path, 
   """Default pairs resnet32x4->resnet8x4 and wrn_40_2->wrn_16_2, one job per ablation x pair x seed,
   each the ReviewKD config with the ablation appended to the pair; teachers from teacher_cifar.py."""
   root = str(tmp_path / "abl")
-  rkd = reproduce.load_config_module("configs/reviewkd_cifar.py")
-  assert rkd.ABLATION_ROWS[0] == "release" and len(rkd.ABLATION_ROWS) == 9
+  rows = reproduce.tables.ABLATION_ROWS["reviewkd_cifar"]
+  assert rows[0] == "release" and len(rows) == 9
   assert reproduce.main(["--table=reviewkd_ablation", "--seeds=2", f"--workdir={root}", "--dry-run"]) == 0
   out = capsys.readouterr().out
   assert f"# {2 + 9 * 2 * 2} job(s); nothing run (--dry-run)" in out
   assert "[teacher] teachers/cifar100_resnet32x4 (pending)" in out
   assert "[teacher] teachers/cifar100_wrn_40_2 (pending)" in out
   assert "resnet56" not in out  # the report's component pair only on request
-  for name in rkd.ABLATION_ROWS:
+  for name in rows:
     for pair, cell in [("resnet32x4,resnet8x4", "resnet32x4_resnet8x4"), ("wrn_40_2,wrn_16_2", "wrn_40_2_wrn_16_2")]:
       for seed in (0, 1):
         assert f"[student] runs/{name}/{cell}/seed{seed} (pending)" in out

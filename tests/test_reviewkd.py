@@ -1,6 +1,5 @@
 """ReviewKD: ABF + HCL parity with PyTorch, the release's tables, warmup, config, two real train steps."""
 import functools
-import importlib.util
 import os
 import zlib
 
@@ -14,12 +13,11 @@ import torch.nn.functional as F
 from kdjax import data, methods, models, ops, recipes, train
 from kdjax.errors import UserError
 from kdjax.methods import reviewkd
+from experiments.repro import tables
 from tests.torch_reference import reviewkd as ref
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_spec = importlib.util.spec_from_file_location("reviewkd_cifar", os.path.join(ROOT, "configs", "reviewkd_cifar.py"))
-reviewkd_cifar = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(reviewkd_cifar)
+reviewkd_cifar = recipes.load_config_module(os.path.join(ROOT, "configs", "reviewkd_cifar.py"))
 
 
 # float32: both frameworks sit ~1e-5 (norm-wise) from a float64 evaluation of the same graph
@@ -211,7 +209,7 @@ RELEASE_TABLES = {
 
 def test_config_pairs_are_the_release_tables():
   """Every config pair: shapes derived from the real models equal the release's tables, C_mid = min(512, C_n)."""
-  assert set(reviewkd_cifar.PAIRS) == set(RELEASE_TABLES) == set(reviewkd_cifar.REPORTED)
+  assert set(reviewkd_cifar.PAIRS) == set(RELEASE_TABLES) == set(tables.REPORTED["reviewkd_cifar"])
   for pair, (cin, shapes, cout, out_shapes) in RELEASE_TABLES.items():
     teacher, student = pair.split(",")
     plan = reviewkd.make_plan(jax.eval_shape(reviewkd.student_levels, _output_shapes(student, 2)),
@@ -420,7 +418,7 @@ def test_every_ablation_changes_the_loss_and_the_default_is_the_release():
   spelt_out = {"reviewkd.abf": True, "reviewkd.feed": "residual", "reviewkd.hcl_levels": (0, 4, 2, 1),
                "reviewkd.hcl_weights": (), "reviewkd.review": True}
   assert reviewkd_cifar.ABLATIONS[reviewkd_cifar.ABLATION_BASELINE] == {}
-  assert reviewkd_cifar.ABLATION_ROWS[0] == reviewkd_cifar.ABLATION_BASELINE
+  assert tables.ABLATION_ROWS["reviewkd_cifar"][0] == reviewkd_cifar.ABLATION_BASELINE
   assert float(_ablation_loss(spelt_out, s_out, t_out)[1]["loss_reviewkd"]) == float(release["loss_reviewkd"])
   assert (reviewkd_cifar.get_config("resnet32x4,resnet8x4,release").to_dict()
           == reviewkd_cifar.get_config("resnet32x4,resnet8x4").to_dict())

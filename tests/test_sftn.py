@@ -25,6 +25,7 @@ from kdjax import checkpoint, methods, models, recipes
 from kdjax.convert import mapping
 from kdjax.errors import UserError
 from kdjax.methods import sftn
+from tests import parity
 from tests.torch_reference import models as torch_models
 from tests.torch_reference import sftn as ref
 
@@ -335,11 +336,8 @@ def test_config_chains_phases():
 
 # ---------------------------------------------------------------------------- end to end
 
-# The XLA flags only make CPU compilation cheaper (this checks the plumbing, not speed).
-_FAST_COMPILE = ("--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true "
-                 "--xla_cpu_use_fusion_emitters=false")
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", JAX_PLATFORMS="cpu", PYTHONPATH=ROOT,
-           XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} {_FAST_COMPILE}".strip())
+           XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} {parity.FAST_COMPILE}".strip())
 
 
 def _cli(workdir, teacher_dir):

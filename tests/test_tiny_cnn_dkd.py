@@ -9,20 +9,17 @@ test guards finiteness at the config's LR and does not by itself demonstrate the
 (the config's docstring gives the measurement).
 """
 import functools
-import importlib.util
 import os
 
 import jax
 import numpy as np
 import pytest
 
-from kdjax import data, models, train
+from kdjax import data, models, recipes, train
 from kdjax.data import augment
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_spec = importlib.util.spec_from_file_location("tiny_cnn_cifar10", os.path.join(ROOT, "configs", "tiny_cnn_cifar10.py"))
-study = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(study)
+study = recipes.load_config_module(os.path.join(ROOT, "configs", "tiny_cnn_cifar10.py"))
 
 TEACHER_EPOCHS = 3
 DKD_STEPS = 200

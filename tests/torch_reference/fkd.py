@@ -1,4 +1,4 @@
-"""PyTorch reference for FKD (methods.md §5), written from the equations for the tests.
+"""PyTorch reference for FKD (docs/methods.md §5), written from the equations for the tests.
 
 Test-only. Rows are normalised with `F.normalize` (as the third-party code divides by the
 norm), the kernels are cosine matrices, the teacher kernel is computed under no_grad and an

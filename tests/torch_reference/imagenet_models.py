@@ -1,6 +1,6 @@
 """PyTorch versions of the ImageNet models of the DKD / CRD ImageNet experiments (test-only).
 
-Written from the published architectures (protocol.md §5.4): torchvision's ResNet-18/34/50 (the
+Written from the published architectures (docs/protocol.md §5.4): torchvision's ResNet-18/34/50 (the
 layout of `resnet34-333f7ec4.pth` / `resnet50-19c8e357.pth`, mirrored by mdistiller
 `models/imagenet/resnet.py`) and mdistiller's `models/imagenet/mobilenetv1.py`. Attribute names, and
 so `state_dict` keys, shapes and order, are those of the originals. Every model returns

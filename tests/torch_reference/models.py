@@ -1,6 +1,6 @@
 """PyTorch versions of the 22 CIFAR architectures of the CRD / mdistiller model zoo (test-only).
 
-Written from the published architecture descriptions (protocol.md §5.4, methods.md §0.6): module
+Written from the published architecture descriptions (docs/protocol.md §5.4, docs/methods.md §0.6): module
 attribute names, and therefore `state_dict` keys and shapes, are exactly those of the released
 checkpoints, so a file saved from these models has the layout of a RepDistiller / mdistiller
 checkpoint. Every model returns `(logits, {'feats': [...], 'preact_feats': [...], 'pooled': t})`

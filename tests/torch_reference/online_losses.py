@@ -1,6 +1,6 @@
 """PyTorch references (NCHW) for the online methods DML, KDCL and AFD, written from the equations.
 
-Test-only, written from methods.md §6 / §7.15 / §7.16 and the kdjax docstrings (no public
+Test-only, written from docs/methods.md §6 / §7.15 / §7.16 and the kdjax docstrings (no public
 code exists for AFD or KDCL): the peers' logits are detached targets, KL is
 `F.kl_div(..., reduction='batchmean') * T^2`, the GAN terms are least-squares, the
 discriminator is a `nn.Sequential` of PyTorch layers in train mode (BatchNorm on

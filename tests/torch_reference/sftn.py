@@ -1,6 +1,6 @@
 """PyTorch reference of SFTN's phase-1 pieces (test-only): the loss, the transform T_i, a branch.
 
-Written from methods.md §4 and kdjax/methods/sftn.py's documented choices, independently of the
+Written from docs/methods.md §4 and kdjax/methods/sftn.py's documented choices, independently of the
 JAX code: NCHW tensors, `torch.nn` layers, autograd for the gradients. A branch is T_i followed by
 the remaining stages of the reference CIFAR ResNet (`models.CifarResNet`) and its `fc`.
 """

@@ -1,7 +1,7 @@
 """CRD, KDSVD, OFD: PyTorch parity, sampling, numerical safety, checkpoint resume, real train steps.
 
-Parity follows tests/test_feature_methods.py: float64 must agree with the PyTorch reference
-(tests/torch_reference/feature_losses_b.py) elementwise to 1e-9 (KDSVD too, although its
+Parity follows tests/test_feature_baselines.py: float64 must agree with the PyTorch reference
+(tests/torch_reference/crd_ofd_kdsvd.py) elementwise to 1e-9 (KDSVD too, although its
 SVD gradients come from two different formulas: measured 1.4e-14), float32 to 1e-5 norm-wise
 or, where PyTorch's own float32 result is further than that from float64, to the same
 order as PyTorch (at most 4x its error). Random inputs have the shapes the kdjax models
@@ -22,48 +22,15 @@ import torch
 from kdjax import methods, models, recipes
 from kdjax.errors import UserError
 from kdjax.methods import crd, kdsvd, ofd
-from tests.torch_reference import feature_losses_b as ref
+from experiments.repro import tables
+from tests import parity
+from tests.torch_reference import crd_ofd_kdsvd as ref
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BATCH = 8
 RTOL32, RTOL64 = 1e-5, 1e-9
 
 
 # ---------------------------------------------------------------------------- helpers
-
-
-@functools.lru_cache(maxsize=None)
-def _shapes(arch: str):
-  """(feats shapes, preact shapes, pooled shape) of `arch` on 32x32 inputs, without compute."""
-  model = models.get(arch, num_classes=100)
-  x = jnp.zeros((1, 32, 32, 3), jnp.float32)
-  out = jax.eval_shape(lambda: model.apply(model.init(jax.random.key(0), x, train=False), x,
-                                           train=False))[1]
-  return (tuple(f.shape[1:] for f in out["feats"]),
-          tuple(f.shape[1:] for f in out["preact_feats"]), out["pooled"].shape[1:])
-
-
-def _outputs(arch: str, seed: int, dtype=np.float32, batch: int = BATCH):
-  """Random `(logits, features)` shaped like `arch`'s; post-ReLU maps and pooled vectors >= 0."""
-  rng = np.random.default_rng(seed)
-  feats, preacts, pooled = _shapes(arch)
-  normal = lambda shape: rng.standard_normal((batch, *shape)).astype(np.float32).astype(dtype)
-  return (normal((100,)),
-          {"feats": tuple(np.maximum(normal(s), 0.0) for s in feats),
-           "preact_feats": tuple(normal(s) for s in preacts),
-           "pooled": np.abs(normal(pooled))})
-
-
-def _nchw(x):
-  return np.transpose(x, (0, 3, 1, 2)) if x.ndim == 4 else x
-
-
-def _nhwc(x):
-  return np.transpose(x, (0, 2, 3, 1)) if x.ndim == 4 else x
-
-
-def _path(path) -> str:
-  return "/".join(str(getattr(k, "key", k)) for k in path)
 
 
 def _config(**overrides):
@@ -124,16 +91,16 @@ def _jax_results(name, method, params, state, s_out, t_out, batch, keep_state=()
          "d/d pooled": g_feats["pooled"]}
   out.update({f"d/d feats[{i}]": g for i, g in enumerate(g_feats["feats"])})
   out.update({f"d/d preact_feats[{i}]": g for i, g in enumerate(g_feats["preact_feats"])})
-  out.update({f"d/d params: {_path(p)}": g for p, g in jax.tree_util.tree_leaves_with_path(g_params)})
-  out.update({f"state: {_path(p)}": v for p, v in jax.tree_util.tree_leaves_with_path(new_state)
-              if _path(p) in keep_state})
+  out.update({f"d/d params: {parity.path(p)}": g for p, g in jax.tree_util.tree_leaves_with_path(g_params)})
+  out.update({f"state: {parity.path(p)}": v for p, v in jax.tree_util.tree_leaves_with_path(new_state)
+              if parity.path(p) in keep_state})
   return {k: np.asarray(v) for k, v in out.items()}
 
 
 def _torch_student(s_out, dtype):
   """Leaf tensors (requiring grad) of the student's logits and features, NCHW."""
   return (_tensor(np.asarray(s_out[0], dtype), True),
-          {k: [_tensor(_nchw(np.asarray(f, dtype)), True) for f in s_out[1][k]]
+          {k: [_tensor(parity.nchw(np.asarray(f, dtype)), True) for f in s_out[1][k]]
            for k in ("feats", "preact_feats")} | {"pooled": _tensor(np.asarray(s_out[1]["pooled"], dtype), True)})
 
 
@@ -145,11 +112,11 @@ def _torch_common(name, cfg, logits, s, term, labels):
   out = {"loss": total.detach().numpy(), f"loss_{name}": term.detach().numpy(),
          "d/d logits": _grad(logits), "d/d pooled": _grad(s["pooled"])}
   for key in ("feats", "preact_feats"):
-    out.update({f"d/d {key}[{i}]": _nhwc(_grad(f)) for i, f in enumerate(s[key])})
+    out.update({f"d/d {key}[{i}]": parity.nhwc(_grad(f)) for i, f in enumerate(s[key])})
   return out
 
 
-def _labels(seed=5, batch=BATCH, classes=100):
+def _labels(seed=5, batch=parity.BATCH, classes=100):
   return np.random.default_rng(seed).integers(0, classes, batch).astype(np.int32)
 
 
@@ -164,11 +131,11 @@ def _crd_setup(dtype, z_first: bool, seed=0):
   method = methods.get("crd", cfg)
   # CRD reads the pooled vectors only; the maps are left out to keep the compiled tests small.
   pooled_only = lambda out: (out[0], {"feats": (), "preact_feats": (), "pooled": out[1]["pooled"]})
-  s_out = pooled_only(_outputs("resnet8x4", seed, dtype))
-  t_out = pooled_only(_outputs("ShuffleV2", seed + 1, dtype))
+  s_out = pooled_only(parity.outputs("resnet8x4", seed, dtype))
+  t_out = pooled_only(parity.outputs("ShuffleV2", seed + 1, dtype))
   rng = np.random.default_rng(seed + 2)
   train_labels = rng.integers(0, CRD_CLASSES, CRD_N).astype(np.int32)
-  index = rng.choice(CRD_N, BATCH, replace=False).astype(np.int32)
+  index = rng.choice(CRD_N, parity.BATCH, replace=False).astype(np.int32)
   data_info = {"num_train": CRD_N, "num_classes": CRD_CLASSES, "train_labels": train_labels}
   params, state = jax.eval_shape(functools.partial(method.init, data_info=data_info),
                                  jax.random.key(0), s_out, t_out)
@@ -316,7 +283,7 @@ def test_crd_sampler_relax_mode_positive_is_same_class():
 def test_crd_init_banks_z_and_tables():
   cfg = _config(**{"crd.nce_k": 16})
   method = methods.get("crd", cfg)
-  s_out, t_out = _outputs("resnet8x4", 0), _outputs("resnet32x4", 1)
+  s_out, t_out = parity.outputs("resnet8x4", 0), parity.outputs("resnet32x4", 1)
   labels = np.random.default_rng(0).integers(0, 10, 3000).astype(np.int32)
   params, state = jax.jit(functools.partial(method.init, data_info={
       "num_train": 3000, "num_classes": 10, "train_labels": labels}))(jax.random.key(0), s_out, t_out)
@@ -351,7 +318,7 @@ def test_crd_finite_at_zero_features():
 
 def _torch_kdsvd(cfg, s_out, t_out, labels, dtype):
   logits, s = _torch_student(s_out, dtype)
-  g_t = [_tensor(_nchw(np.asarray(f, dtype))) for f in t_out[1]["feats"][1:]]
+  g_t = [_tensor(parity.nchw(np.asarray(f, dtype))) for f in t_out[1]["feats"][1:]]
   term = ref.kdsvd(s["feats"][1:], g_t, cfg.kdsvd.k)
   return _torch_common("kdsvd", cfg, logits, s, term, labels)
 
@@ -365,10 +332,10 @@ KDSVD_PAIRS = {"same_family": ("resnet56", "resnet20"), "cross_family": ("wrn_16
 def test_kdsvd_matches_torch_float64(pair):
   teacher, student = KDSVD_PAIRS[pair]
   cfg = recipes.base_config()
-  s_out, t_out = _outputs(student, 0, np.float64), _outputs(teacher, 1, np.float64)
+  s_out, t_out = parity.outputs(student, 0, np.float64), parity.outputs(teacher, 1, np.float64)
   with jax.enable_x64(True):
     ours = _jax_results("kdsvd", methods.get("kdsvd", cfg), {}, {}, s_out, t_out,
-                        {"label": _labels(), "index": np.arange(BATCH), "rng": jax.random.key(0)})
+                        {"label": _labels(), "index": np.arange(parity.BATCH), "rng": jax.random.key(0)})
   assert ours["loss_kdsvd"] > 0
   _assert_equal64(ours, _torch_kdsvd(cfg, s_out, t_out, _labels(), np.float64))
 
@@ -376,9 +343,9 @@ def test_kdsvd_matches_torch_float64(pair):
 def test_kdsvd_matches_torch_float32():
   teacher, student = KDSVD_PAIRS["same_family"]
   cfg = recipes.base_config()
-  s_out, t_out = _outputs(student, 2), _outputs(teacher, 3)
+  s_out, t_out = parity.outputs(student, 2), parity.outputs(teacher, 3)
   ours = _jax_results("kdsvd", methods.get("kdsvd", cfg), {}, {}, s_out, t_out,
-                      {"label": _labels(), "index": np.arange(BATCH), "rng": jax.random.key(0)})
+                      {"label": _labels(), "index": np.arange(parity.BATCH), "rng": jax.random.key(0)})
   _assert_equal32(ours, _torch_kdsvd(cfg, s_out, t_out, _labels(), np.float32),
                   _torch_kdsvd(cfg, s_out, t_out, _labels(), np.float64))
 
@@ -417,8 +384,8 @@ def _kdsvd_grads(g_s, g_t):
                                   "nonfinite_entry"])
 def test_kdsvd_finite_value_and_gradient_at_degenerate_inputs(case):
   """Zero maps, repeated singular values and inf entries: finite loss and gradient (JAX's SVD rule: NaN)."""
-  _, t_out = _outputs("resnet56", 1)
-  _, s_out = _outputs("resnet20", 0)
+  _, t_out = parity.outputs("resnet56", 1)
+  _, s_out = parity.outputs("resnet20", 0)
   g_s, g_t = [np.asarray(f) for f in s_out["feats"][1:]], [np.asarray(f) for f in t_out["feats"][1:]]
   if case.startswith("zero"):
     g_s = [np.zeros_like(f) for f in g_s]
@@ -431,7 +398,7 @@ def test_kdsvd_finite_value_and_gradient_at_degenerate_inputs(case):
       q = np.linalg.qr(np.random.default_rng(0).standard_normal((b, c * h, w)))[0]
       return np.transpose(q.reshape(b, c, h, w), (0, 2, 3, 1)).astype(np.float32)
     g_s = [orthogonal(f) for f in g_s]
-    x = jnp.transpose(jnp.asarray(g_s[0]), (0, 3, 1, 2)).reshape(BATCH, -1, g_s[0].shape[2])
+    x = jnp.transpose(jnp.asarray(g_s[0]), (0, 3, 1, 2)).reshape(parity.BATCH, -1, g_s[0].shape[2])
     # JAX's own SVD gradient is not finite here; ours must be.
     jax_grad = jax.grad(lambda x: jnp.sum(jnp.linalg.svd(x, full_matrices=False)[2][:, :4]))(x)
     assert not np.all(np.isfinite(jax_grad))
@@ -447,16 +414,16 @@ def test_kdsvd_finite_value_and_gradient_at_degenerate_inputs(case):
 
 
 def test_kdsvd_refuses_maps_of_different_width():
-  _, s_out = _outputs("ShuffleV2", 0)
-  _, t_out = _outputs("resnet32x4", 1)
+  _, s_out = parity.outputs("ShuffleV2", 0)
+  _, t_out = parity.outputs("resnet32x4", 1)
   with pytest.raises(UserError, match="equally wide"):
     kdsvd.kdsvd_loss(s_out["feats"][1:], t_out["feats"][1:], 1)
 
 
 def test_kdsvd_loss_ignores_singular_vector_signs():
   """Flipping a student map's sign flips its singular vectors; alignment makes the loss the same."""
-  _, s_out = _outputs("resnet20", 0)
-  _, t_out = _outputs("resnet56", 1)
+  _, s_out = parity.outputs("resnet20", 0)
+  _, t_out = parity.outputs("resnet56", 1)
   g_s, g_t = list(s_out["feats"][1:]), list(t_out["feats"][1:])
   loss = jax.jit(functools.partial(kdsvd.kdsvd_loss, k=1))
   value, flipped = loss(g_s, g_t), loss([-g_s[0]] + g_s[1:], g_t)
@@ -478,7 +445,7 @@ def _teacher_params(arch: str):
   rng = np.random.default_rng(7)
 
   def fill(path, s):
-    name = _path(path).rsplit("/", 1)[-1]
+    name = parity.path(path).rsplit("/", 1)[-1]
     if name == "scale":
       return (rng.standard_normal(s.shape) * 0.7).astype(np.float32)
     if name == "bias":
@@ -493,7 +460,7 @@ def _ofd_setup(pair, dtype, seed=0):
   cfg = recipes.base_config()
   cfg.teacher.arch = teacher
   method = methods.get("ofd", cfg)
-  s_out, t_out = _outputs(student, seed, dtype), _outputs(teacher, seed + 1, dtype)
+  s_out, t_out = parity.outputs(student, seed, dtype), parity.outputs(teacher, seed + 1, dtype)
   data_info = {"teacher_variables": _teacher_params(teacher)}
   params, state = jax.jit(functools.partial(method.init, data_info=data_info))(
       jax.random.key(0), s_out, t_out)
@@ -506,7 +473,7 @@ def _ofd_setup(pair, dtype, seed=0):
 def _torch_ofd(cfg, params, state, s_out, t_out, labels, dtype):
   logits, s = _torch_student(s_out, dtype)
   g_s = s["preact_feats"][1:]
-  g_t = [_tensor(_nchw(np.asarray(f, dtype))) for f in t_out[1]["preact_feats"][1:]]
+  g_t = [_tensor(parity.nchw(np.asarray(f, dtype))) for f in t_out[1]["preact_feats"][1:]]
   n = min(len(g_s), len(g_t))
   connectors, links = [], {}
   for i, f_t in enumerate(g_t[len(g_t) - n:]):
@@ -532,13 +499,13 @@ def _torch_ofd(cfg, params, state, s_out, t_out, labels, dtype):
 
 
 def _ofd_state_keys(state):
-  return tuple(_path(p) for p, _ in jax.tree_util.tree_leaves_with_path(state["batch_stats"]))
+  return tuple(parity.path(p) for p, _ in jax.tree_util.tree_leaves_with_path(state["batch_stats"]))
 
 
 def _ofd_results(method, params, state, s_out, t_out):
   keep = tuple("batch_stats/" + k for k in _ofd_state_keys(state))
   return _jax_results("ofd", method, params, state, s_out, t_out,
-                      {"label": _labels(), "index": np.arange(BATCH), "rng": jax.random.key(0)}, keep)
+                      {"label": _labels(), "index": np.arange(parity.BATCH), "rng": jax.random.key(0)}, keep)
 
 
 @pytest.mark.parametrize("pair", list(OFD_PAIRS))
@@ -573,7 +540,7 @@ def test_ofd_margins_are_mdistillers_from_the_right_bns(pair):
   }[teacher]
   assert paths == expected_paths
   ours = ofd.teacher_margins(teacher, variables)
-  t_channels = [s[-1] for s in _shapes(teacher)[1][1:]]
+  t_channels = [s[-1] for s in parity.shapes(teacher)[1][1:]]
   assert [m.shape[0] for m in ours] == t_channels
   for path, margin in zip(paths, ours):
     bn = variables["params"]
@@ -597,7 +564,7 @@ def test_ofd_refuses_unsupported_teachers(teacher):
   cfg = recipes.base_config()
   cfg.teacher.arch = teacher
   method = methods.get("ofd", cfg)
-  s_out, t_out = _outputs("resnet8x4", 0), _outputs(teacher, 1)
+  s_out, t_out = parity.outputs("resnet8x4", 0), parity.outputs(teacher, 1)
   with pytest.raises(UserError, match="not for teacher"):
     method.init(jax.random.key(0), s_out, t_out, {"teacher_variables": _teacher_params(teacher)})
 
@@ -606,8 +573,8 @@ def test_ofd_refuses_missing_teacher_variables():
   cfg = recipes.base_config()
   cfg.teacher.arch = "resnet32x4"
   with pytest.raises(UserError, match="teacher_variables"):
-    methods.get("ofd", cfg).init(jax.random.key(0), _outputs("resnet8x4", 0),
-                                 _outputs("resnet32x4", 1), {"teacher_variables": None})
+    methods.get("ofd", cfg).init(jax.random.key(0), parity.outputs("resnet8x4", 0),
+                                 parity.outputs("resnet32x4", 1), {"teacher_variables": None})
 
 
 @pytest.mark.parametrize("case", ["zero_student", "zero_both"])
@@ -624,25 +591,21 @@ def test_ofd_finite_at_zero_features(case):
 
 
 def _load_config(name):
-  import importlib.util  # pylint: disable=import-outside-toplevel
-  spec = importlib.util.spec_from_file_location(f"_cfg_{name}", os.path.join(ROOT, "configs", f"{name}_cifar.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return recipes.load_config_module(os.path.join(ROOT, "configs", f"{name}_cifar.py"))
 
 
 def test_configs_carry_the_published_settings():
   crd_cfg, ofd_cfg, svd_cfg = (_load_config(m) for m in ("crd", "ofd", "kdsvd"))
-  assert len(crd_cfg.PAIRS) == 13 and crd_cfg.REPORTED["resnet32x4,resnet8x4"] == 75.51
+  assert len(crd_cfg.PAIRS) == 13 and tables.REPORTED["crd_cifar"]["resnet32x4,resnet8x4"] == 75.51
   c = crd_cfg.get_config("resnet32x4,ShuffleV2")
   assert (c.method, c.model, c.teacher.arch, c.optim.lr) == ("crd", "ShuffleV2", "resnet32x4", 0.01)
   assert (c.crd.ce_weight, c.crd.feat_weight, c.crd.feat_dim, c.crd.nce_k, c.crd.nce_t, c.crd.nce_m,
           c.crd.mode) == (1.0, 0.8, 128, 16384, 0.07, 0.5, "exact")
-  assert set(ofd_cfg.PAIRS) == set(ofd_cfg.REPORTED) and len(ofd_cfg.PAIRS) == 11
-  assert ofd_cfg.UNCONFIRMED <= set(ofd_cfg.REPORTED)
+  assert set(ofd_cfg.PAIRS) == set(tables.REPORTED["ofd_cifar"]) and len(ofd_cfg.PAIRS) == 11
+  assert tables.UNCONFIRMED["ofd_cifar"] <= set(tables.REPORTED["ofd_cifar"])
   o = ofd_cfg.get_config("ResNet50,MobileNetV2")
   assert (o.ofd.ce_weight, o.ofd.feat_weight, o.ofd.kernel_size, o.teacher.bn_mode) == (1.0, 0.001, 1, "batch_stats")
-  assert svd_cfg.REPORTED == {} and list(svd_cfg.PAIRS) == ["resnet32x4,resnet8x4"]
+  assert tables.REPORTED["kdsvd_cifar"] == {} and list(svd_cfg.PAIRS) == ["resnet32x4,resnet8x4"]
   s = svd_cfg.get_config()
   assert (s.kdsvd.ce_weight, s.kdsvd.feat_weight, s.kdsvd.k) == (1.0, 1.0, 1)
   for teacher in {pair.split(",")[0] for pair in ofd_cfg.PAIRS}:  # every OFD teacher has a BN lookup
@@ -651,11 +614,8 @@ def test_configs_carry_the_published_settings():
 
 # ------------------------------------------------------------- real train steps
 
-# As tests/test_feature_methods.py: the compiled step training runs, cheaper CPU compilation.
-_FAST_COMPILE = ("--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true "
-                 "--xla_cpu_use_fusion_emitters=false")
 _ENV = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=ROOT,
-            XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} {_FAST_COMPILE}".strip())
+            XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} {parity.FAST_COMPILE}".strip())
 
 # Two steps, then (CRD) a checkpoint through the trainer's own Orbax manager, two more steps,
 # and the same two steps again from the restored checkpoint: the states must be identical.

@@ -1,4 +1,4 @@
-"""PyTorch references (NCHW) for CRD, KDSVD and OFD, written from their equations (methods.md §7.8/9/12).
+"""PyTorch references (NCHW) for CRD, KDSVD and OFD, written from their equations (docs/methods.md §7.8/9/12).
 
 Test-only. They follow the formulation of the reference implementations (RepDistiller's
 CRD memory and NCE criterion, the mdistiller/RepDistiller KDSVD port, mdistiller's OFD)

@@ -1,4 +1,4 @@
-"""PyTorch references (NCHW) for the pre-stage methods AB, FT, FSP (methods.md §7.10, 7.11, 7.14).
+"""PyTorch references (NCHW) for the pre-stage methods AB, FT, FSP (docs/methods.md §7.10, 7.11, 7.14).
 
 Test-only, written from the equations in the formulation of RepDistiller's code: AB's summed
 boundary L2 with stage weights 2^(i-n+1), / B, x 3/1000; FT's paraphraser / translator

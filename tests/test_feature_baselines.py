@@ -22,9 +22,10 @@ import numpy as np
 import pytest
 import torch
 
-from kdjax import methods, models, ops, recipes
+from kdjax import methods, ops, recipes
 from kdjax.methods import fitnet
-from tests.torch_reference import feature_losses as ref
+from tests import parity
+from tests.torch_reference import feature_baselines as ref
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 METHODS = ("fitnet", "at", "nst", "pkt", "sp", "rkd", "vid", "cc")
@@ -33,50 +34,15 @@ SAME_FAMILY = ("resnet32x4", "resnet8x4")  # FitNets: a 1x1 'valid' regressor
 # 4x4 last map pooled to the student's 2x2.
 CROSS_FAMILY = {m: ("resnet32x4", "ShuffleV2") for m in ("fitnet", "pkt", "sp", "rkd")}
 CROSS_FAMILY.update({m: ("vgg13", "MobileNetV2") for m in ("at", "nst", "vid", "cc")})
-BATCH = 8
-RTOL32, RTOL64 = 1e-5, 1e-9
 
 
 # ---------------------------------------------------------------------------- inputs
 
 
 @functools.lru_cache(maxsize=None)
-def _shapes(arch: str):
-  """(feats shapes, preact shapes, pooled shape) of `arch` on 32x32 inputs, without compute."""
-  model = models.get(arch, num_classes=100)
-  x = jnp.zeros((1, 32, 32, 3), jnp.float32)
-  out = jax.eval_shape(lambda: model.apply(model.init(jax.random.key(0), x, train=False), x,
-                                           train=False))[1]
-  return (tuple(f.shape[1:] for f in out["feats"]),
-          tuple(f.shape[1:] for f in out["preact_feats"]), out["pooled"].shape[1:])
-
-
-def _outputs(arch: str, seed: int, dtype=np.float32, batch: int = BATCH):
-  """Random `(logits, features)` shaped like `arch`'s; post-ReLU maps and pooled vectors >= 0."""
-  rng = np.random.default_rng(seed)
-  feats, preacts, pooled = _shapes(arch)
-  normal = lambda shape: rng.standard_normal((batch, *shape)).astype(np.float32).astype(dtype)
-  return (normal((100,)),
-          {"feats": tuple(np.maximum(normal(s), 0.0) for s in feats),
-           "preact_feats": tuple(normal(s) for s in preacts),
-           "pooled": np.abs(normal(pooled))})
-
-
-def _batch(seed: int = 5, batch: int = BATCH):
-  labels = np.random.default_rng(seed).integers(0, 100, batch).astype(np.int32)
-  return {"label": labels, "index": np.arange(batch, dtype=np.int32), "rng": jax.random.key(0)}
-
-
-@functools.lru_cache(maxsize=None)
 def _method(name: str) -> methods.Method:
   """One Method object per name, so jitted functions of it are compiled once per shape."""
   return methods.get(name, recipes.base_config())
-
-
-def _random_like(tree, seed: int, dtype):
-  """NumPy N(0, 0.1^2) values in the shapes of `tree` (no jax.random: nothing to compile)."""
-  rng = np.random.default_rng(seed)
-  return jax.tree.map(lambda s: (0.1 * rng.standard_normal(s.shape)).astype(dtype), tree)
 
 
 def _init(name: str, s_out, t_out, dtype):
@@ -87,20 +53,8 @@ def _init(name: str, s_out, t_out, dtype):
   """
   params, state = jax.eval_shape(_method(name).init, jax.random.key(0), s_out, t_out, {})
   state = jax.tree_util.tree_map_with_path(
-      lambda p, s: np.full(s.shape, 1.0 if _path(p).endswith("var") else 0.0, dtype), state)
-  return _random_like(params, 3, dtype), state
-
-
-def _nchw(x):
-  return np.transpose(x, (0, 3, 1, 2)) if x.ndim == 4 else x
-
-
-def _nhwc(x):
-  return np.transpose(x, (0, 2, 3, 1)) if x.ndim == 4 else x
-
-
-def _path(path) -> str:
-  return "/".join(str(getattr(k, "key", k)) for k in path)
+      lambda p, s: np.full(s.shape, 1.0 if parity.path(p).endswith("var") else 0.0, dtype), state)
+  return parity.random_like(params, 3, dtype), state
 
 
 # ------------------------------------------------------------------------ the JAX side
@@ -132,44 +86,23 @@ def _jax_results(name, params, state, s_out, t_out, batch) -> dict[str, np.ndarr
          "d/d pooled": g_feats["pooled"]}
   out.update({f"d/d feats[{i}]": g for i, g in enumerate(g_feats["feats"])})
   with_path = jax.tree_util.tree_leaves_with_path
-  out.update({f"d/d params: {_path(p)}": g for p, g in with_path(g_params)})
-  out.update({f"state: {_path(p)}": v for p, v in with_path(new_state)})
+  out.update({f"d/d params: {parity.path(p)}": g for p, g in with_path(g_params)})
+  out.update({f"state: {parity.path(p)}": v for p, v in with_path(new_state)})
   return {k: np.asarray(v) for k, v in out.items()}
 
 
 # -------------------------------------------------- the PyTorch side, weights copied in
 
-# Flax conv kernels are (kh, kw, in, out), a transposed conv's (kh, kw, out, in): both map to
-# the torch weight by the same permutation. Dense kernels are (in, out).
-_CONV = (lambda k: k.transpose(3, 2, 0, 1), lambda w: w.transpose(2, 3, 1, 0))
-_DENSE = (lambda k: k.T, lambda w: w.T)
-_SAME = (lambda x: x, lambda x: x)
-
-
-def _leaf(tree, path: str):
-  for key in path.split("/"):
-    tree = tree[key]
-  return tree
-
-
-def _load(params, links):
-  """Copies the Flax leaf at each path of `links` into its torch parameter; returns `links`."""
-  with torch.no_grad():
-    for path, (param, (to_torch, _)) in links.items():
-      param.copy_(torch.tensor(to_torch(np.asarray(_leaf(params, path)))))
-  return links
-
-
 def _conv_reg_links(reg):
-  return {"conv/kernel": (reg.conv.weight, _CONV), "conv/bias": (reg.conv.bias, _SAME),
-          "bn/scale": (reg.bn.weight, _SAME), "bn/bias": (reg.bn.bias, _SAME)}
+  return {"conv/kernel": (reg.conv.weight, parity.CONV), "conv/bias": (reg.conv.bias, parity.SAME),
+          "bn/scale": (reg.bn.weight, parity.SAME), "bn/bias": (reg.bn.bias, parity.SAME)}
 
 
 def _torch_fitnet(params, s, t, cfg):
   layer = cfg.fitnet.hint_layer
   f_s, f_t = s["feats"][layer], t["feats"][layer]
   reg = ref.ConvReg(tuple(f_s.shape[1:]), tuple(f_t.shape[1:])).to(f_s.dtype).train()
-  links = _load(params, _conv_reg_links(reg))
+  links = parity.load(params, _conv_reg_links(reg))
   term = ref.fitnet(f_s, f_t, reg)
   return term, links, {"state: batch_stats/bn/mean": reg.bn.running_mean,
                        "state: batch_stats/bn/var": reg.bn.running_var}
@@ -182,9 +115,9 @@ def _torch_vid(params, s, t, cfg):
     stage = ref.VIDStage(f_s.shape[1], f_t.shape[1], cfg.vid.init_pred_var, cfg.vid.eps)
     stages.append(stage.to(f_s.dtype))
     for i in range(3):
-      links[f"stage{k + 1}/conv{i}/kernel"] = (stage.regressor[2 * i].weight, _CONV)
-    links[f"stage{k + 1}/alpha"] = (stage.alpha, _SAME)
-  _load(params, links)
+      links[f"stage{k + 1}/conv{i}/kernel"] = (stage.regressor[2 * i].weight, parity.CONV)
+    links[f"stage{k + 1}/alpha"] = (stage.alpha, parity.SAME)
+  parity.load(params, links)
   return ref.vid(g_s, g_t, stages), links, {}
 
 
@@ -192,10 +125,10 @@ def _torch_cc(params, s, t, cfg):
   f_s, f_t = s["pooled"], t["pooled"]
   embed_s = torch.nn.Linear(f_s.shape[1], cfg.cc.embed_dim).to(f_s.dtype)
   embed_t = torch.nn.Linear(f_t.shape[1], cfg.cc.embed_dim).to(f_t.dtype)
-  links = _load(params, {"embed_s/kernel": (embed_s.weight, _DENSE),
-                         "embed_s/bias": (embed_s.bias, _SAME),
-                         "embed_t/kernel": (embed_t.weight, _DENSE),
-                         "embed_t/bias": (embed_t.bias, _SAME)})
+  links = parity.load(params, {"embed_s/kernel": (embed_s.weight, parity.DENSE),
+                         "embed_s/bias": (embed_s.bias, parity.SAME),
+                         "embed_t/kernel": (embed_t.weight, parity.DENSE),
+                         "embed_t/bias": (embed_t.bias, parity.SAME)})
   return ref.cc(f_s, f_t, embed_s, embed_t), links, {}
 
 
@@ -217,7 +150,7 @@ _TORCH = {
 def _torch_results(name, params, s_out, t_out, batch, dtype) -> dict[str, np.ndarray]:
   """The same quantities as `_jax_results`, from the PyTorch reference in `dtype` (NCHW inside)."""
   cfg = recipes.base_config()
-  tensor = lambda x, grad: torch.tensor(_nchw(np.asarray(x, dtype)), requires_grad=grad)
+  tensor = lambda x, grad: torch.tensor(parity.nchw(np.asarray(x, dtype)), requires_grad=grad)
   feats = lambda out, grad: {"feats": [tensor(f, grad) for f in out[1]["feats"]],
                              "pooled": tensor(out[1]["pooled"], grad)}
   s, t = feats(s_out, True), feats(t_out, False)
@@ -230,7 +163,7 @@ def _torch_results(name, params, s_out, t_out, batch, dtype) -> dict[str, np.nda
   grad = lambda x: np.zeros(x.shape, dtype) if x.grad is None else x.grad.numpy()
   out = {"loss": total.detach().numpy(), f"loss_{name}": term.detach().numpy(),
          "d/d logits": grad(logits), "d/d pooled": grad(s["pooled"])}
-  out.update({f"d/d feats[{i}]": _nhwc(grad(f)) for i, f in enumerate(s["feats"])})
+  out.update({f"d/d feats[{i}]": parity.nhwc(grad(f)) for i, f in enumerate(s["feats"])})
   out.update({f"d/d params: {p}": to_flax(grad(param))
               for p, (param, (_, to_flax)) in links.items()})
   out.update({k: v.numpy() for k, v in buffers.items()})
@@ -240,41 +173,6 @@ def _torch_results(name, params, s_out, t_out, batch, dtype) -> dict[str, np.nda
 # ---------------------------------------------------------------------- comparison
 
 
-def _param_scale(results) -> float:
-  """Largest |gradient| over the method's params: the common scale of their tolerances.
-
-  It matters for ConvReg's conv bias: a train-mode BN follows it, so its true gradient is 0
-  and both frameworks return rounding noise of the size RTOL * (largest param gradient).
-  """
-  return max((float(np.max(np.abs(v))) for k, v in results.items() if k.startswith("d/d params")),
-             default=0.0)
-
-
-def _assert_equal64(ours, theirs):
-  """float64: elementwise to RTOL64, absolute slack RTOL64 * max |reference|."""
-  assert ours.keys() == theirs.keys(), (sorted(ours), sorted(theirs))
-  param_scale = _param_scale(theirs)
-  for key, expected in theirs.items():
-    scale = param_scale if key.startswith("d/d params") else float(np.max(np.abs(expected)))
-    np.testing.assert_allclose(ours[key], expected, rtol=RTOL64, atol=RTOL64 * scale, err_msg=key)
-
-
-def _assert_equal32(ours, theirs, truth):
-  """float32: within RTOL32 (norm-wise) of PyTorch, or as accurate (to 4x) as it vs float64."""
-  assert ours.keys() == theirs.keys(), (sorted(ours), sorted(theirs))
-  param_scale = _param_scale(truth)
-  norm = lambda x: float(np.linalg.norm(np.asarray(x, np.float64)))
-  for key, expected in theirs.items():
-    floor = param_scale * np.sqrt(expected.size) if key.startswith("d/d params") else 0.0
-    bound = RTOL32 * max(norm(truth[key]), floor)
-    if norm(ours[key] - expected) <= bound:
-      continue
-    # PyTorch's own float32 error exceeds the bound (PKT's term: ~1e-4): ours must be of the same
-    # order (observed: ~2x PyTorch's for PKT, smaller for SP; the two round in different orders).
-    ours_err, theirs_err = norm(ours[key] - truth[key]), norm(expected - truth[key])
-    assert ours_err <= 4.0 * theirs_err + bound, (key, ours_err, theirs_err, bound)
-
-
 # ------------------------------------------------------------------------- parity
 
 
@@ -282,24 +180,24 @@ def _assert_equal32(ours, theirs, truth):
 def test_matches_torch_float64_cross_family(name):
   """float64: the same function as PyTorch, elementwise, on a cross-family pair."""
   teacher, student = CROSS_FAMILY[name]
-  s_out, t_out = _outputs(student, 0, np.float64), _outputs(teacher, 1, np.float64)
+  s_out, t_out = parity.outputs(student, 0, np.float64), parity.outputs(teacher, 1, np.float64)
   with jax.enable_x64(True):
     params, state = _init(name, s_out, t_out, np.float64)
-    ours = _jax_results(name, params, state, s_out, t_out, _batch())
+    ours = _jax_results(name, params, state, s_out, t_out, parity.batch())
   assert ours["loss"].dtype == np.float64
-  _assert_equal64(ours, _torch_results(name, params, s_out, t_out, _batch(), np.float64))
+  parity.assert_equal64(ours, _torch_results(name, params, s_out, t_out, parity.batch(), np.float64))
 
 
 @pytest.mark.parametrize("name", METHODS)
 def test_matches_torch_float32(name):
   """float32 on resnet32x4 -> resnet8x4: PyTorch's numbers to 1e-5, or as close to float64's."""
   teacher, student = SAME_FAMILY
-  s_out, t_out = _outputs(student, 0), _outputs(teacher, 1)
+  s_out, t_out = parity.outputs(student, 0), parity.outputs(teacher, 1)
   params, state = _init(name, s_out, t_out, np.float32)
-  ours = _jax_results(name, params, state, s_out, t_out, _batch())
+  ours = _jax_results(name, params, state, s_out, t_out, parity.batch())
   assert ours["loss"].dtype == np.float32
-  _assert_equal32(ours, _torch_results(name, params, s_out, t_out, _batch(), np.float32),
-                  _torch_results(name, params, s_out, t_out, _batch(), np.float64))
+  parity.assert_equal32(ours, _torch_results(name, params, s_out, t_out, parity.batch(), np.float32),
+                  _torch_results(name, params, s_out, t_out, parity.batch(), np.float64))
 
 
 @pytest.mark.parametrize("shapes", [((16, 16, 8), (8, 8, 12)), ((8, 8, 8), (16, 16, 12)),
@@ -315,26 +213,26 @@ def test_fitnet_regressor_branches_match_torch(shapes):
   batch_stats = {"bn": {"mean": np.zeros(t_c), "var": np.ones(t_c)}}
   with jax.enable_x64(True):
     abstract = jax.eval_shape(functools.partial(module.init, train=False), jax.random.key(0), x)
-    params = _random_like(abstract["params"], 1, np.float64)
+    params = parity.random_like(abstract["params"], 1, np.float64)
     value, (g_params, g_x) = jax.jit(jax.value_and_grad(
         lambda p, x: fitnet.hint_loss(p, batch_stats, x, target)[0], argnums=(0, 1)))(params, x)
   reg = ref.ConvReg((s_c, s_h, s_w), (t_c, t_h, t_w)).double().train()
-  links = _load(params, _conv_reg_links(reg))
-  xt = torch.tensor(_nchw(x), requires_grad=True)
-  expected = ref.fitnet(xt, torch.tensor(_nchw(target)), reg)
+  links = parity.load(params, _conv_reg_links(reg))
+  xt = torch.tensor(parity.nchw(x), requires_grad=True)
+  expected = ref.fitnet(xt, torch.tensor(parity.nchw(target)), reg)
   expected.backward()
   ours = {"loss": np.asarray(value), "d/d x": np.asarray(g_x)}
-  ours.update({f"d/d params: {p}": np.asarray(_leaf(g_params, p)) for p in links})
-  theirs = {"loss": expected.detach().numpy(), "d/d x": _nhwc(xt.grad.numpy())}
+  ours.update({f"d/d params: {p}": np.asarray(parity.leaf(g_params, p)) for p in links})
+  theirs = {"loss": expected.detach().numpy(), "d/d x": parity.nhwc(xt.grad.numpy())}
   theirs.update({f"d/d params: {p}": to_flax(param.grad.numpy())
                  for p, (param, (_, to_flax)) in links.items()})
-  _assert_equal64(ours, theirs)
+  parity.assert_equal64(ours, theirs)
 
 
 def test_adaptive_pool_matches_torch_on_uneven_windows():
   x = np.random.default_rng(0).standard_normal((2, 7, 5, 3)).astype(np.float32)
-  expected = torch.nn.functional.adaptive_avg_pool2d(torch.tensor(_nchw(x)), (3, 2)).numpy()
-  np.testing.assert_allclose(ops.adaptive_avg_pool(jnp.asarray(x), (3, 2)), _nhwc(expected),
+  expected = torch.nn.functional.adaptive_avg_pool2d(torch.tensor(parity.nchw(x)), (3, 2)).numpy()
+  np.testing.assert_allclose(ops.adaptive_avg_pool(jnp.asarray(x), (3, 2)), parity.nhwc(expected),
                              rtol=1e-6, atol=1e-6)
 
 
@@ -355,23 +253,21 @@ def _degenerate(out, case: str):
 def test_finite_value_and_gradient_at_degenerate_features(name, case):
   """Zero features (dead ReLUs), identical samples (RKD's i = j): loss and gradients finite."""
   teacher, student = SAME_FAMILY
-  s_out, t_out = _outputs(student, 0), _outputs(teacher, 1)
+  s_out, t_out = parity.outputs(student, 0), parity.outputs(teacher, 1)
   s_out = _degenerate(s_out, "zero" if case.startswith("zero") else "duplicate")
   if case == "zero_both":
     t_out = _degenerate(t_out, "zero")
   params, state = _init(name, s_out, t_out, np.float32)
-  results = _jax_results(name, params, state, s_out, t_out, _batch())  # also: teacher grads == 0
+  results = _jax_results(name, params, state, s_out, t_out, parity.batch())  # also: teacher grads == 0
   for key, value in results.items():
     assert np.all(np.isfinite(value)), key
 
 
 # ------------------------------------------------------------- real train steps
 
-# The compiled step is the one training runs; the XLA flags only make CPU compilation ~6x
+# The compiled step is the one training runs; parity.FAST_COMPILE only makes CPU compilation ~6x
 # cheaper (the smoke checks finiteness and updates, not speed). Cross-family students are left
 # to the parity tests: a ShuffleV1 or MobileNetV2 step compiles for ~1 minute on 2 CPU cores.
-_FAST_COMPILE = ("--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true "
-                 "--xla_cpu_use_fusion_emitters=false")
 SMOKE_RUNS = tuple((m, "resnet8x4", "resnet8") for m in METHODS)
 
 _SMOKE_SCRIPT = r"""
@@ -414,7 +310,7 @@ print(json.dumps(out))
 def smoke_results():
   """Runs every SMOKE_RUNS entry in one subprocess (one import, one dataset load)."""
   env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=ROOT,
-             XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} {_FAST_COMPILE}".strip())
+             XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} {parity.FAST_COMPILE}".strip())
   result = subprocess.run([sys.executable, "-c", _SMOKE_SCRIPT, json.dumps(SMOKE_RUNS)], cwd=ROOT,
                           env=env, capture_output=True, text=True, timeout=900)
   assert result.returncode == 0, result.stderr[-3000:]

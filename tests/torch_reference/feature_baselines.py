@@ -1,4 +1,4 @@
-"""PyTorch references (NCHW) for the feature baselines, written from the equations (methods.md §7).
+"""PyTorch references (NCHW) for the feature baselines, written from the equations (docs/methods.md §7).
 
 Test-only. They follow the formulation of the reference implementations (RepDistiller /
 mdistiller): F.normalize, adaptive average pooling of the larger map, the expanded
