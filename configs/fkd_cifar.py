@@ -78,9 +78,11 @@ def _variants() -> str:
 
 def get_config(arg: str = DEFAULT_PAIR):
   """FKD config for `teacher,student` or `teacher,student,variant` (see the module docstring)."""
-  parts = [p.strip() for p in (arg or DEFAULT_PAIR).split(",")]
-  variant = parts.pop() if len(parts) == 3 else ""
-  pair = ",".join(parts)
+  try:
+    a = recipes.parse_arg(arg or DEFAULT_PAIR, positional=("teacher", "student", "variant"))
+    pair, variant = f"{a.teacher},{a.student}", a.variant
+  except UserError:
+    pair, variant = arg, ""  # refused below with the valid pairs
   table = dict(PAIRS, **VARIANT_PAIRS) if variant else PAIRS
   c = recipes.distill_config("fkd", pair, DEFAULT_PAIR, table)
   if not variant:

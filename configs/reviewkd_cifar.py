@@ -102,18 +102,17 @@ def official_lr(student: str) -> float:
 
 def _split_recipe(arg: str | None) -> tuple[str, bool, str]:
   """'teacher,student[,official][,ablation]' -> ('teacher,student', official?, ablation or 'release')."""
-  parts = [p.strip() for p in (arg or DEFAULT_PAIR).split(",")]
-  official, ablation = False, None
-  for extra in parts[2:]:
-    if extra == "official" and not official:
-      official = True
-    elif extra in ABLATIONS and ablation is None:
-      ablation = extra
-    else:
-      raise UserError(f"unknown recipe {extra!r} in {arg!r}; append ',official' for the release's "
-                      "recipe or nothing for the common protocol, and/or one ablation of "
-                      f"{', '.join(ABLATIONS)}.")
-  return ",".join(parts[:2]), official, ablation or ABLATION_BASELINE
+  try:
+    a = recipes.parse_arg(arg or DEFAULT_PAIR, positional=("teacher", "student"), official=False,
+                          **{name: False for name in ABLATIONS})
+  except UserError as e:
+    a, error = None, str(e)
+  chosen = [name for name in ABLATIONS if a is not None and a[name]]
+  if a is None or len(chosen) > 1:
+    raise UserError(f"unknown recipe in {arg!r}; append ',official' for the release's recipe or "
+                    f"nothing for the common protocol, and/or one ablation of {', '.join(ABLATIONS)}"
+                    + (f" ({error})" if a is None else "") + ".")
+  return f"{a.teacher},{a.student}", bool(a.official), (chosen or [ABLATION_BASELINE])[0]
 
 
 def get_config(arg: str = DEFAULT_PAIR):

@@ -57,14 +57,17 @@ def get_config(arg: str = DEFAULT_PAIR):
 
   'TEACHER,STUDENT,teacher' is phase 1 alone (the SFTN teacher run), for job runners.
   """
-  parts = [p.strip() for p in (arg or DEFAULT_PAIR).split(",")]
-  if len(parts) == 3 and parts[2] == "teacher":
-    return recipes.teacher_config(get_config(",".join(parts[:2])))
-  if len(parts) not in (2, 3):
+  try:
+    a = recipes.parse_arg(arg or DEFAULT_PAIR, positional=("teacher", "student", "method"))
+  except UserError:
+    a = None
+  if a is None or not a.student:
     raise UserError(f"configs/sftn_cifar.py takes 'TEACHER,STUDENT[,METHOD]', got {arg!r}; valid "
                     f"pairs: {', '.join(PAIRS)}.")
-  teacher, student = recipes.parse_pair(",".join(parts[:2]), DEFAULT_PAIR, PAIRS)
-  method = parts[2] if len(parts) == 3 else DEFAULT_METHOD
+  if a.method == "teacher":
+    return recipes.teacher_config(get_config(f"{a.teacher},{a.student}"))
+  teacher, student = recipes.parse_pair(f"{a.teacher},{a.student}", DEFAULT_PAIR, PAIRS)
+  method = a.method or DEFAULT_METHOD
   from kdjax import methods  # pylint: disable=import-outside-toplevel
   if method not in methods.names():
     raise UserError(f"unknown phase-2 method {method!r}; valid: {', '.join(methods.names())}.")

@@ -53,10 +53,59 @@ def student_lr(student: str) -> float:
   return 0.01 if student in SMALL_LR_STUDENTS else 0.05
 
 
+def _typed(key: str, value: str, default):
+  """`value` (text) as the type of `default`."""
+  if isinstance(default, bool):
+    if value.lower() not in ("true", "false", "1", "0"):
+      raise UserError(f"config argument {key}={value!r}: expected true or false.")
+    return value.lower() in ("true", "1")
+  if isinstance(default, (int, float)) and not isinstance(default, bool):
+    try:
+      return type(default)(value)
+    except ValueError:
+      raise UserError(f"config argument {key}={value!r}: expected a {type(default).__name__}.") from None
+  return value
+
+
+def parse_arg(arg: str | None, *, positional: tuple[str, ...] = (), **defaults) -> ml_collections.ConfigDict:
+  """The one grammar of config arguments (big_vision's `parse_arg`): 'a,b,key=value,flag'.
+
+  Leading tokens without '=' fill the `positional` names in order ('' when absent);
+  `key=value` sets a declared key, typed by its default; a bare token names a boolean
+  key and sets it True. Anything else is refused with the valid keys.
+  """
+  out = ml_collections.ConfigDict({name: "" for name in positional})
+  out.update(defaults)
+  tokens = [t.strip() for t in (arg or "").split(",") if t.strip()]
+  filled = 0
+  for token in tokens:
+    key, eq, value = token.partition("=")
+    if eq:
+      if key not in defaults:
+        raise UserError(f"unknown config argument {key!r} in {arg!r}; valid keys: "
+                        f"{', '.join(sorted(defaults)) or 'none'}.")
+      out[key] = _typed(key, value, defaults[key])
+    elif filled < len(positional) and not (token in defaults and isinstance(defaults[token], bool)):
+      out[positional[filled]] = token
+      filled += 1
+    elif isinstance(defaults.get(token), bool):
+      out[token] = True
+    else:
+      flags = [k for k, v in defaults.items() if isinstance(v, bool)]
+      raise UserError(f"unexpected {token!r} in config argument {arg!r}; it takes "
+                      f"{','.join(positional) or 'no positional values'}"
+                      + (f" and the flags {', '.join(flags)}" if flags else "") + ".")
+  return out
+
+
 def parse_pair(arg: str | None, default: str, valid: dict[str, dict]) -> tuple[str, str]:
   """'teacher,student' -> (teacher, student), checked against the table of published pairs."""
   arg = arg or default
-  parts = [p.strip() for p in arg.split(",")]
+  try:
+    a = parse_arg(arg, positional=("teacher", "student"))
+    parts = [a.teacher, a.student]
+  except UserError:
+    parts = []
   if len(parts) != 2 or f"{parts[0]},{parts[1]}" not in valid:
     raise UserError(f"unknown teacher,student pair {arg!r}; valid pairs: {', '.join(valid)}. "
                     "For an unpublished pair, start from a listed one and override "
