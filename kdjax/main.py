@@ -25,6 +25,10 @@ _CONFIG = config_flags.DEFINE_config_file(
 _WORKDIR = flags.DEFINE_string("workdir", None,
                                "Run directory (checkpoints, logs, results.json); the run resumes from "
                                "it. Default: runs/<method>_<teacher>_<student>.")
+_ACCEPT_CHANGE = flags.DEFINE_bool(
+    "accept_config_change", False,
+    "Resume a workdir although its run was started with another config (the new values apply "
+    "from the resumed epoch on); without it such a resume is refused with the differing fields.")
 _MULTIHOST = flags.DEFINE_enum(
     "multihost", "auto", ["auto", "on", "off"],
     "Call jax.distributed.initialize() before training. auto: when launched as several processes "
@@ -201,7 +205,7 @@ def main(argv: list[str]) -> None:
   workdir = _WORKDIR.value or train.default_workdir(config)
   logging.info("workdir: %s\nconfig:\n%s", workdir, config)
   try:
-    results = train.train_and_evaluate(config, workdir)
+    results = train.train_and_evaluate(config, workdir, accept_config_change=_ACCEPT_CHANGE.value)
   except UserError as e:
     _fail(str(e))
   summary = (f"[kdjax] done: {results['method']} {results['student']} on {results['dataset']}: "

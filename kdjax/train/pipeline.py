@@ -10,6 +10,7 @@ BatchNorm statistics are over the global batch as on the references' one GPU.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -31,6 +32,7 @@ from kdjax import models as models_lib
 from kdjax.errors import UserError
 from kdjax.train import loop, optim, step as step_lib
 from kdjax.train import teachers as teachers_lib
+from kdjax.train import workdir as workdir_lib
 
 
 def check_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
@@ -166,8 +168,13 @@ def plan(config: ml_collections.ConfigDict, workdir: str) -> list[tuple[ml_colle
   return runs + [(config, workdir)]
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """Trains `config.model` with `config.method` (its missing teachers first); returns results.json."""
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       accept_config_change: bool = False) -> dict[str, Any]:
+  """Trains `config.model` with `config.method` (its missing teachers first); returns results.json.
+
+  A workdir started with another config is refused (`workdir.check_config`) unless
+  `accept_config_change`.
+  """
   workdir = os.path.abspath(workdir)
   if _finished(config, workdir) is None:
     check_config(config, jax.device_count())  # before any teacher trains for a run that cannot start
@@ -178,7 +185,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     loop.log(f"[kdjax] no teacher checkpoint given (config.teacher.checkpoint): training "
              f"{teacher_config.model} on {teacher_config.data.name} into {path} first; later runs reuse it.")
     _train_one(teacher_config, path)
-  return _train_one(config, workdir)
+  return _train_one(config, workdir, accept_config_change)
 
 
 def _finished(config: ml_collections.ConfigDict, workdir: str) -> Optional[dict[str, Any]]:
@@ -233,8 +240,19 @@ def _teacher_top1(fitter: loop.Fitter, run: Run, mesh, dataset, teachers) -> lis
   return tops
 
 
-def _train_one(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+def _train_one(config: ml_collections.ConfigDict, workdir: str,
+               accept_config_change: bool = False) -> dict[str, Any]:
   """One run whose teachers exist: prestage, resumable main training, export, results.json."""
+  workdir_lib.prepare(workdir)
+  # Process 0 speaks for the run: the other hosts of a multi-host run share its workdir.
+  with workdir_lib.hold(workdir) if jax.process_index() == 0 else contextlib.nullcontext():
+    if jax.process_index() == 0:
+      workdir_lib.check_config(workdir, config, accept_config_change)
+    return _train_held(config, workdir)
+
+
+def _train_held(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """`_train_one` once the workdir is held and its config checked."""
   done = _finished(config, workdir)
   if done is not None:
     loop.log(f"[kdjax] {workdir} already holds a finished run (results.json); nothing to do.")
@@ -243,7 +261,6 @@ def _train_one(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any
   check_config(config, len(devices))
   method = methods_lib.get(config.method, config)
   dataset = load_dataset(config)
-  os.makedirs(workdir, exist_ok=True)
   teachers = teachers_lib.load_teachers(config, dataset, workdir, method) if method.needs_teacher else []
   modules, teacher_vars, inputs = teachers_lib.step_inputs(teachers, teachers_lib.is_ensemble(config))
   t_start = time.time()  # a teacher trained on the way has its own results.json

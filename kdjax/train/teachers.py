@@ -134,7 +134,30 @@ def load_teacher(config: ml_collections.ConfigDict, dataset: data_lib.Dataset, w
   module = models_lib.get(spec.arch, num_classes=meta.get("num_classes", dataset.num_classes),
                           dtype=models_lib.compute_dtype(config.dtype))
   variables = {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
-  return Teacher(module, variables, meta, input_adapter(meta, dataset))
+  adapter = input_adapter(meta, dataset)
+  size = adapter.image_size if adapter is not None and adapter.image_size else data_lib.image_shape(dataset)[0]
+  check_shapes(module, variables, (size, size, data_lib.image_shape(dataset)[2]), spec.arch, path)
+  return Teacher(module, variables, meta, adapter)
+
+
+def _leaves(tree) -> dict[str, tuple[int, ...]]:
+  return {"/".join(str(getattr(k, "key", k)) for k in p): tuple(np.shape(v))
+          for p, v in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+def check_shapes(module, variables: PyTree, image_shape: tuple[int, ...], arch: str, path: str) -> None:
+  """Refuses variables whose tree or shapes are not `arch`'s, naming the first parameter that differs."""
+  init = lambda key, x: module.init(key, x, train=False)
+  expected = jax.eval_shape(init, jax.random.key(0), jnp.zeros((1, *image_shape), jnp.float32))
+  want = _leaves({"params": expected["params"], "batch_stats": expected.get("batch_stats", {})})
+  have = _leaves(variables)
+  for key in sorted(set(want) | set(have)):
+    if want.get(key) != have.get(key):
+      raise ckpt_lib.CheckpointError(
+          f"teacher checkpoint {path} does not hold a {arch} of this config: parameter {key} is "
+          f"{have.get(key, 'missing')} there but {want.get(key, 'absent')} in {arch} "
+          f"({module.num_classes if hasattr(module, 'num_classes') else '?'} classes). Check the "
+          "checkpoint's meta.json (arch, num_classes) and config.teacher.arch.")
 
 
 def check_meta(config: ml_collections.ConfigDict, meta: dict, arch: str,
