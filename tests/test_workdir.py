@@ -58,6 +58,17 @@ def test_the_config_record_ignores_neutral_fields_and_other_methods(tmp_path):
   workdir_lib.check_config(str(tmp_path), changed)
 
 
+def test_the_config_record_works_for_a_method_that_needs_its_own_fields(tmp_path):
+  """SFTN's teacher run cannot be built from defaults (it needs sftn.student): the record uses the run's config."""
+  config = _digits_config()
+  config.method, config.sftn.student = "sftn", "resnet8"
+  workdir_lib.check_config(str(tmp_path), config)
+  workdir_lib.check_config(str(tmp_path), config)
+  config.sftn.branch_kl_weight = 1.0
+  with pytest.raises(UserError, match="sftn.branch_kl_weight"):
+    workdir_lib.check_config(str(tmp_path), config)
+
+
 def test_resume_with_another_learning_rate_is_refused_before_training(tmp_path):
   workdir = str(tmp_path / "run")
   train.train_and_evaluate(_digits_config(epochs=1), workdir)

@@ -58,12 +58,11 @@ def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
   return out
 
 
-def _relevant(flat: dict[str, Any]) -> dict[str, Any]:
+def _relevant(flat: dict[str, Any], needs_teacher: bool) -> dict[str, Any]:
   """The fields that alter this run's result: not the neutral ones, not other methods' nodes,
   and no teacher fields for a method without a teacher."""
   method = flat.get("method")
   others = set(methods_lib.names()) - {method}
-  needs_teacher = method in methods_lib.names() and methods_lib.get(method).needs_teacher
   keep = {}
   for key, value in flat.items():
     node = key.split(".")[0]
@@ -86,7 +85,9 @@ def check_config(workdir: str, config: ml_collections.ConfigDict, accept_change:
     except (OSError, ValueError):
       started = None  # an unreadable record (a kill while writing it): rewrite it below
     if started is not None:
-      before, now = _relevant(_flat(started)), _relevant(_flat(current))
+      # The run's own method decides whether teacher fields matter (a changed method differs anyway).
+      needs_teacher = methods_lib.get(config.method, config).needs_teacher
+      before, now = _relevant(_flat(started), needs_teacher), _relevant(_flat(current), needs_teacher)
       changed = sorted(k for k in set(before) | set(now) if before.get(k, "<absent>") != now.get(k, "<absent>"))
       if changed and not accept_change:
         listed = [f"  {k}: {before.get(k, '<absent>')!r} when started, {now.get(k, '<absent>')!r} now"
