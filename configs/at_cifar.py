@@ -13,22 +13,7 @@ DEFAULT_PAIR = "resnet32x4,resnet8x4"
 
 
 # teacher,student -> overrides of the common recipe (none: one setting for every pair).
-_PAIR_NAMES = (
-    'resnet56,resnet20',
-    'resnet110,resnet20',
-    'resnet110,resnet32',
-    'resnet32x4,resnet8x4',
-    'wrn_40_2,wrn_16_2',
-    'wrn_40_2,wrn_40_1',
-    'vgg13,vgg8',
-    'vgg13,MobileNetV2',
-    'ResNet50,MobileNetV2',
-    'ResNet50,vgg8',
-    'resnet32x4,ShuffleV1',
-    'resnet32x4,ShuffleV2',
-    'wrn_40_2,ShuffleV1',
-)
-PAIRS = {pair: {} for pair in _PAIR_NAMES}
+PAIRS = {pair: {} for pair in recipes.CRD_BENCHMARK_PAIRS}
 
 
 def get_config(pair: str = DEFAULT_PAIR):

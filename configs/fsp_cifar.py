@@ -15,7 +15,6 @@ from kdjax import recipes
 DEFAULT_PAIR = "resnet32x4,resnet8x4"
 
 
-# teacher,student -> overrides of the common recipe (none: one setting for every pair).
 _PAIR_NAMES = (
     'resnet56,resnet20',
     'resnet110,resnet20',
@@ -24,6 +23,7 @@ _PAIR_NAMES = (
     'wrn_40_2,wrn_16_2',
     'vgg13,vgg8',
 )
+# teacher,student -> overrides of the common recipe (none: one setting for every pair).
 PAIRS = {pair: {} for pair in _PAIR_NAMES}
 
 

@@ -18,23 +18,8 @@ DEFAULT_PAIR = "resnet32x4,resnet8x4"
 # RepDistiller's `init()` uses LR 0.01 for the paraphraser when the student is a CIFAR ResNet
 # or WRN; for the other students `ft.init_lr` = 0 means the run's LR (the student's).
 _RESNET_WRN_STUDENT = ("resnet20", "resnet32", "resnet8x4", "wrn_16_2", "wrn_40_1")
-_PAIR_NAMES = (
-    'resnet56,resnet20',
-    'resnet110,resnet20',
-    'resnet110,resnet32',
-    'resnet32x4,resnet8x4',
-    'wrn_40_2,wrn_16_2',
-    'wrn_40_2,wrn_40_1',
-    'vgg13,vgg8',
-    'vgg13,MobileNetV2',
-    'ResNet50,MobileNetV2',
-    'ResNet50,vgg8',
-    'resnet32x4,ShuffleV1',
-    'resnet32x4,ShuffleV2',
-    'wrn_40_2,ShuffleV1',
-)
 PAIRS = {pair: ({"ft.init_lr": 0.01} if pair.split(",")[1] in _RESNET_WRN_STUDENT else {})
-         for pair in _PAIR_NAMES}
+         for pair in recipes.CRD_BENCHMARK_PAIRS}
 
 
 def get_config(pair: str = DEFAULT_PAIR):

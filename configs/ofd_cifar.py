@@ -19,7 +19,6 @@ from kdjax import recipes
 DEFAULT_PAIR = "resnet32x4,resnet8x4"
 
 
-# teacher,student -> overrides of the common recipe (none: one setting for every pair).
 _PAIR_NAMES = (
     'resnet56,resnet20',
     'resnet110,resnet32',
@@ -33,6 +32,7 @@ _PAIR_NAMES = (
     'ResNet50,MobileNetV2',
     'resnet32x4,ShuffleV2',
 )
+# teacher,student -> overrides of the common recipe (none: one setting for every pair).
 PAIRS = {pair: {} for pair in _PAIR_NAMES}
 
 

@@ -18,6 +18,13 @@ import ml_collections
 from kdjax import defaults, methods
 from kdjax.errors import UserError
 
+# The 13 teacher,student pairs of the CRD benchmark (RepDistiller README; the DKD paper's two
+# CIFAR-100 tables), the pairs of every baseline config that covers the whole benchmark.
+CRD_BENCHMARK_PAIRS = (
+    "resnet56,resnet20", "resnet110,resnet20", "resnet110,resnet32", "resnet32x4,resnet8x4",
+    "wrn_40_2,wrn_16_2", "wrn_40_2,wrn_40_1", "vgg13,vgg8", "vgg13,MobileNetV2", "ResNet50,MobileNetV2",
+    "ResNet50,vgg8", "resnet32x4,ShuffleV1", "resnet32x4,ShuffleV2", "wrn_40_2,ShuffleV1")
+
 # Students trained at LR 0.01 in the CRD/mdistiller CIFAR protocol.
 SMALL_LR_STUDENTS = ("MobileNetV2", "ShuffleV1", "ShuffleV2")
 
