@@ -33,7 +33,7 @@ def get_config(arg: str = DEFAULT):
   """AFD config for the networks `NET1,NET2[,NET3...]`."""
   c = recipes.base_config()
   c.method = "afd"
-  c.model = cohort.name_from_arg(arg or DEFAULT)
+  c.model = cohort.name_of(recipes.parse_arg(arg or DEFAULT, rest="networks").networks)
   c.teacher.arch = ""
   c.epochs, c.batch_size = 300, 128
   c.optim.lr, c.optim.momentum, c.optim.weight_decay = 0.1, 0.9, 1e-4

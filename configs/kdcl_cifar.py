@@ -4,7 +4,7 @@
     python -m kdjax.main --config=configs/kdcl_cifar.py:resnet32,wrn_16_2 --config.kdcl.rule=linear
 
 The argument names the networks, `NET1,NET2[,NET3...]`; `config.model` becomes the
-cohort 'NET1+NET2[+...]' and `config.data.views` the number of networks, so each
+cohort 'NET1+NET2[+...]', and the method takes one view per network, so each
 network trains on its own random crop/flip of the batch's images. Each distills from
 the peers' fused soft target (`config.kdcl.rule`: naive, linear, min_logit, mean;
 kdjax/methods/kdcl.py, where every ⚠ choice is written down).
@@ -25,8 +25,7 @@ def get_config(arg: str = DEFAULT):
   """KDCL config for the networks `NET1,NET2[,NET3...]`, one augmented view per network."""
   c = recipes.base_config()
   c.method = "kdcl"
-  c.model = cohort.name_from_arg(arg or DEFAULT)
-  c.data.views = cohort.size(c.model)
+  c.model = cohort.name_of(recipes.parse_arg(arg or DEFAULT, rest="networks").networks)
   c.teacher.arch = ""
   c.epochs, c.batch_size = 300, 128
   c.optim.lr, c.optim.momentum, c.optim.weight_decay = 0.1, 0.9, 1e-4

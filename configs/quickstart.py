@@ -14,7 +14,8 @@ from kdjax import recipes
 
 def get_config(pair: str = "resnet14,resnet8"):
   """DKD on digits for `teacher,student` (any two registered models)."""
-  teacher, student = [p.strip() for p in pair.split(",")]
+  a = recipes.parse_arg(pair or "resnet14,resnet8", positional=("teacher", "student"))
+  teacher, student = a.teacher, a.student
   c = recipes.base_config()
   c.method = "dkd"
   c.model = student

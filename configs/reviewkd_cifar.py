@@ -26,7 +26,7 @@ Append `,official` to the pair to get the release's batch, LR, Nesterov, LR
 milestones (also for an auto-trained teacher) and teacher BatchNorm in train mode,
 equivalent to `--config.batch_size=128 --config.optim.lr=0.1
 --config.optim.nesterov=True --config.optim.lr_milestones="(151,181,211)"
---config.teacher.bn_mode=batch_stats`. The CIFAR-10 constants are not a config
+--config.reviewkd.teacher_bn_mode=batch_stats`. The CIFAR-10 constants are not a config
 option of kdjax's data pipeline, so even `,official` differs from the release there;
 the kept short batch and the random seed are also not reproduced.
 
@@ -127,7 +127,7 @@ def get_config(arg: str = DEFAULT_PAIR):
     c.optim.lr = official_lr(c.model)
     c.optim.nesterov = True
     c.optim.lr_milestones = OFFICIAL_LR_MILESTONES
-    c.teacher.bn_mode = "batch_stats"  # the release never calls teacher.eval()
+    c.reviewkd.teacher_bn_mode = "batch_stats"  # the release never calls teacher.eval()
     # The release trains its teachers with the same script (`script/baseline.sh`).
     c.teacher.train_lr = official_lr(c.teacher.arch)
     c.teacher.train_lr_milestones = OFFICIAL_LR_MILESTONES

@@ -68,13 +68,8 @@ def get_config(arg: str = DEFAULT_PAIR):
     return recipes.teacher_config(get_config(f"{a.teacher},{a.student}"))
   teacher, student = recipes.parse_pair(f"{a.teacher},{a.student}", DEFAULT_PAIR, PAIRS)
   method = a.method or DEFAULT_METHOD
-  from kdjax import methods  # pylint: disable=import-outside-toplevel
-  if method not in methods.names():
-    raise UserError(f"unknown phase-2 method {method!r}; valid: {', '.join(methods.names())}.")
+  # A phase-2 method that does not distill is refused by the trainer's config check.
   c = _method_config(method, f"{teacher},{student}")
-  if not methods.get(method, c).needs_teacher:
-    raise UserError(f"phase-2 method {method!r} does not distill from a teacher; pick one that does "
-                    "(kd, dkd, reviewkd, fitnet, ...).")
   c.teacher.recipe = "sftn"
   # Computed references: they follow --config.model, and either can still be set on its own.
   c.sftn.student = c.get_ref("model") + ""

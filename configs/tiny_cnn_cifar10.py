@@ -9,7 +9,8 @@ at several temperatures and (alpha, beta). The argument names the variant:
     kd_t<T>[_a<alpha>]        KD at temperature T; alpha = KD weight, 1 - alpha = CE weight (default 0.5)
     dkd_t<T>_a<alpha>_b<beta> DKD at temperature T; alpha weights TCKD, beta NCKD (CE weight 1)
 
-e.g. `kd_t5`, `dkd_t1_a0.7_b0.25`. `ROWS` is the study's table (what
+e.g. `kd_t5`, `dkd_t1_a0.7_b0.25`: a row name is shorthand for the config grammar
+(`recipes.parse_arg`) `kd,t=5` and `dkd,t=1,alpha=0.7,beta=0.25`, which work too. `ROWS` is the study's table (what
 `experiments/reproduce.py --table=tiny_cnn_dkd` runs); its numbers are in experiments/repro/tables.py.
 
     python -m kdjax.main --config=configs/tiny_cnn_cifar10.py:dkd_t1_a0.7_b0.25 --workdir=runs/tiny/dkd
@@ -62,8 +63,6 @@ runner compares it with both kdjax's best-epoch and final-epoch top-1.
 """
 from __future__ import annotations
 
-import re
-
 from kdjax import recipes
 from kdjax.errors import UserError
 
@@ -82,10 +81,27 @@ ROWS = ("nokd", "kd_t1", "kd_t5",
         "dkd_t2_a1_b2", "dkd_t4_a1_b2")
 
 
-_NUM = r"(\d+(?:\.\d+)?)"
-_KD = re.compile(rf"kd_t{_NUM}(?:_a{_NUM})?")
-_DKD = re.compile(rf"dkd_t{_NUM}_a{_NUM}_b{_NUM}")
 GRAMMAR = "nokd, teacher, kd_t<T>[_a<alpha>], dkd_t<T>_a<alpha>_b<beta>"
+# A row name is shorthand for the config grammar's `method,t=T,alpha=A,beta=B`
+# (`dkd_t4_a1_b2` == `dkd,t=4,alpha=1,beta=2`); both are accepted.
+_SHORT_KEYS = {"t": "t", "a": "alpha", "b": "beta"}
+
+
+def _parse(variant: str):
+  """The variant as `recipes.parse_arg` reads it: (method, t, alpha, beta); -1: not given."""
+  tokens = variant.split(",") if "," in variant or "=" in variant else variant.split("_")
+  if "," not in variant and "=" not in variant:
+    tokens = tokens[:1] + [f"{_SHORT_KEYS.get(t[:1], t[:1])}={t[1:]}" for t in tokens[1:]]
+  try:
+    a = recipes.parse_arg(",".join(tokens), positional=("method",), t=-1.0, alpha=-1.0, beta=-1.0)
+  except UserError:
+    a = None
+  kd_ok = a is not None and a.method == "kd" and a.t != -1.0 and a.beta == -1.0
+  dkd_ok = a is not None and a.method == "dkd" and min(a.t, a.alpha, a.beta) != -1.0
+  if not (kd_ok or dkd_ok):
+    raise UserError(f"unknown tiny-CNN variant {variant!r}; valid: {GRAMMAR} (or "
+                    f"'kd,t=T[,alpha=A]', 'dkd,t=T,alpha=A,beta=B'); the study's table: {', '.join(ROWS)}")
+  return a
 
 
 def _common():
@@ -115,23 +131,19 @@ def get_config(variant: str = "dkd_t1_a0.7_b0.25"):
     return c
   if variant == "teacher":
     return recipes.teacher_config(c)
-  m = _KD.fullmatch(variant)
-  if m:
-    alpha = float(m.group(2)) if m.group(2) else KD_ALPHA
+  a = _parse(variant)
+  if a.method == "kd":
+    alpha = a.alpha if a.alpha != -1.0 else KD_ALPHA
     c.method = "kd"
-    c.kd.temperature = float(m.group(1))
+    c.kd.temperature = a.t
     c.kd.ce_weight, c.kd.kd_weight = 1.0 - alpha, alpha
-    _check(variant, c.kd.temperature, alpha)
+    _check(variant, c.kd.temperature, alpha, kd=True)
     return c
-  m = _DKD.fullmatch(variant)
-  if m:
-    c.method = "dkd"
-    c.dkd.temperature, c.dkd.alpha, c.dkd.beta = (float(g) for g in m.groups())
-    _check(variant, c.dkd.temperature, c.dkd.alpha)
-    c.optim.lr = dkd_lr(c.dkd.temperature)
-    return c
-  raise UserError(f"unknown tiny-CNN variant {variant!r}; valid: {GRAMMAR}; "
-                  f"the study's table: {', '.join(ROWS)}")
+  c.method = "dkd"
+  c.dkd.temperature, c.dkd.alpha, c.dkd.beta = a.t, a.alpha, a.beta
+  _check(variant, c.dkd.temperature, c.dkd.alpha, kd=False)
+  c.optim.lr = dkd_lr(c.dkd.temperature)
+  return c
 
 
 def dkd_lr(temperature: float) -> float:
@@ -139,8 +151,8 @@ def dkd_lr(temperature: float) -> float:
   return LR / max(1.0, temperature)
 
 
-def _check(variant: str, temperature: float, alpha: float) -> None:
+def _check(variant: str, temperature: float, alpha: float, kd: bool) -> None:
   if temperature <= 0:
     raise UserError(f"variant {variant!r}: the temperature must be positive")
-  if variant.startswith("kd_") and not 0.0 <= alpha <= 1.0:
+  if kd and not 0.0 <= alpha <= 1.0:
     raise UserError(f"variant {variant!r}: KD's alpha is the KD weight (CE gets 1 - alpha), in [0, 1]")

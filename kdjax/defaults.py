@@ -10,6 +10,15 @@ from typing import Any, Mapping
 import ml_collections
 
 
+# Fields of earlier versions that moved: the old name -> where the setting lives now. A
+# command line naming the old field is told this; a workdir recorded with it still resumes.
+MOVED = {
+    "teacher.bn_mode": "config.<method>.teacher_bn_mode of the methods that offer it "
+                       "(ofd: default batch_stats; reviewkd: default eval, batch_stats with ',official')",
+    "data.views": "the method (KDCL takes one view per cohort member from config.model); no field",
+}
+
+
 def base_config(method_nodes: Mapping[str, Mapping[str, Any]]) -> ml_collections.ConfigDict:
   """The base config: one node per method (its published defaults), then every run field."""
   c = ml_collections.ConfigDict()
@@ -34,9 +43,6 @@ def base_config(method_nodes: Mapping[str, Mapping[str, Any]]) -> ml_collections
   c.data.image_size = 0
   # STL-10 only: add the 100000-image unlabelled split to the training set (label -1).
   c.data.unlabelled = False
-  # Independently augmented views per step: a cohort model (online methods) gets
-  # one view per member when this equals its size (KDCL); 1 otherwise.
-  c.data.views = 1
 
   c.batch_size = 64           # global batch, split over all devices
   c.eval_batch_size = 500
@@ -71,9 +77,6 @@ def base_config(method_nodes: Mapping[str, Mapping[str, Any]]) -> ml_collections
   # Dataset of the auto-trained teacher ('' = the student's): a CIFAR-100 teacher for a
   # cross-dataset student (FKD).
   c.teacher.dataset = ""
-  # 'eval': the teacher's BatchNorm uses running statistics (mdistiller, RepDistiller);
-  # 'batch_stats': batch statistics, as official ReviewKD CIFAR and mdistiller's OFD.
-  c.teacher.bn_mode = "eval"
   # Several teachers (an ensemble): each 'ARCH' or 'ARCH=CHECKPOINT'. Empty: the one
   # teacher of `config.teacher`. An ARCH without checkpoint is auto-trained with seed
   # `seed + i` into `teacher.auto_workdir` + '_seed<i>' (i > 0).

@@ -82,8 +82,9 @@ def _load_config_from_argv(argv: list[str]):
   return module.get_config(arg) if arg else module.get_config()
 
 
-def _unknown_field(argv: list[str]) -> str | None:
+def unknown_field(argv: list[str]) -> str | None:
   """The message for the first `--config.a.b=...` override naming no config field, if any."""
+  from kdjax import defaults as kd_defaults  # pylint: disable=import-outside-toplevel
   try:
     config = _load_config_from_argv(argv)
   except Exception:  # pylint: disable=broad-except
@@ -94,6 +95,9 @@ def _unknown_field(argv: list[str]) -> str | None:
     if not arg.startswith("--config."):
       continue
     parts = arg[len("--config."):].split("=", 1)[0].split(".")
+    moved = kd_defaults.MOVED.get(".".join(parts))
+    if moved and ".".join(parts[:-1]) in config and parts[-1] not in config[".".join(parts[:-1])]:
+      return f"config.{'.'.join(parts)} (from {arg.split('=', 1)[0]}) has moved: it is now {moved}."
     node, prefix = config, "config"
     for part in parts:
       keys = sorted(node.keys()) if hasattr(node, "keys") else []
@@ -117,7 +121,7 @@ def parse_flags(argv: list[str]) -> list[str]:
     if isinstance(cause, UserError):
       # config_flags re-raises get_config's error with the traceback in its text.
       _fail(str(cause).rsplit("UserError: ", 1)[-1].strip())
-    unknown = _unknown_field(argv)
+    unknown = unknown_field(argv)
     if unknown:
       _fail(unknown)
     if isinstance(e, OSError) or isinstance(cause, OSError):

@@ -74,14 +74,18 @@ def _typed(key: str, value: str, default):
   return value
 
 
-def parse_arg(arg: str | None, *, positional: tuple[str, ...] = (), **defaults) -> ml_collections.ConfigDict:
+def parse_arg(arg: str | None, *, positional: tuple[str, ...] = (), rest: str = "",
+              **defaults) -> ml_collections.ConfigDict:
   """The one grammar of config arguments (big_vision's `parse_arg`): 'a,b,key=value,flag'.
 
-  Leading tokens without '=' fill the `positional` names in order ('' when absent);
-  `key=value` sets a declared key, typed by its default; a bare token names a boolean
-  key and sets it True. Anything else is refused with the valid keys.
+  Leading tokens without '=' fill the `positional` names in order ('' when absent), then,
+  where `rest` names a key, every further one goes into that key's tuple (a cohort's
+  networks); `key=value` sets a declared key, typed by its default; a bare token names a
+  boolean key and sets it True. Anything else is refused with the valid keys.
   """
   out = ml_collections.ConfigDict({name: "" for name in positional})
+  if rest:
+    out[rest] = ()
   out.update(defaults)
   tokens = [t.strip() for t in (arg or "").split(",") if t.strip()]
   filled = 0
@@ -97,6 +101,8 @@ def parse_arg(arg: str | None, *, positional: tuple[str, ...] = (), **defaults) 
       filled += 1
     elif isinstance(defaults.get(token), bool):
       out[token] = True
+    elif rest:
+      out[rest] = tuple(out[rest]) + (token,)
     else:
       flags = [k for k, v in defaults.items() if isinstance(v, bool)]
       raise UserError(f"unexpected {token!r} in config argument {arg!r}; it takes "
@@ -140,7 +146,7 @@ def teacher_config(student_config: ml_collections.ConfigDict) -> ml_collections.
   c = ml_collections.ConfigDict(student_config.to_dict())
   c.method = student_config.teacher.recipe
   c.model = student_config.teacher.arch
-  c.teacher.arch = ""
+  c.teacher.arch, c.teacher.recipe = "", "vanilla"
   c.teacher.checkpoint = ""
   c.teachers = ()
   if student_config.teacher.dataset:
@@ -148,7 +154,6 @@ def teacher_config(student_config: ml_collections.ConfigDict) -> ml_collections.
     c.data.image_size = 0
   # STL-10 only: add the 100000-image unlabelled split to the training set (label -1).
   c.data.unlabelled = False
-  c.data.views = 1
   c.epochs = student_config.teacher.train_epochs
   c.optim.lr = student_config.teacher.train_lr
   c.optim.lr_milestones = tuple(student_config.teacher.train_lr_milestones)

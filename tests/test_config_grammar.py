@@ -18,6 +18,8 @@ def test_positional_values_then_typed_keys_then_flags():
   b = recipes.parse_arg("", positional=("teacher", "student"), official=False)
   assert (b.teacher, b.student, b.official) == ("", "", False)
   assert recipes.parse_arg("official=false", official=True).official is False
+  c = recipes.parse_arg("resnet8,wrn_16_1,resnet8,epochs=3", rest="networks", epochs=1)
+  assert (c.networks, c.epochs) == (("resnet8", "wrn_16_1", "resnet8"), 3)
 
 
 @pytest.mark.parametrize("arg, message", [
@@ -32,7 +34,7 @@ def test_refuses_what_it_does_not_declare(arg, message):
 
 
 def test_configs_share_it():
-  """ReviewKD's flags and SFTN's/FKD's third value go through the same grammar."""
+  """ReviewKD's flags, SFTN's/FKD's third value, the online cohorts and the tiny-CNN rows share it."""
   review = recipes.load_config_module(os.path.join(ROOT, "configs", "reviewkd_cifar.py"))
   assert review.get_config("resnet32x4,resnet8x4,official,no_abf").to_dict() == review.get_config(
       "resnet32x4,resnet8x4,no_abf,official").to_dict()
@@ -40,6 +42,10 @@ def test_configs_share_it():
     review.get_config("resnet32x4,resnet8x4,no_abf,no_hcl")  # one ablation at a time
   with pytest.raises(UserError, match="unknown teacher,student pair"):
     recipes.parse_pair("resnet32x4,resnet8x4,extra", "resnet32x4,resnet8x4", {"resnet32x4,resnet8x4": {}})
+  dml = recipes.load_config_module(os.path.join(ROOT, "configs", "dml_cifar.py"))
+  assert dml.get_config("resnet8, wrn_16_1").model == "resnet8+wrn_16_1"
+  tiny = recipes.load_config_module(os.path.join(ROOT, "configs", "tiny_cnn_cifar10.py"))
+  assert tiny.get_config("kd,t=5").kd.temperature == 5.0
 
 
 def test_load_config_module_refuses_a_non_python_file(tmp_path):

@@ -604,7 +604,13 @@ def test_configs_carry_the_published_settings():
   assert set(ofd_cfg.PAIRS) == set(tables.REPORTED["ofd_cifar"]) and len(ofd_cfg.PAIRS) == 11
   assert tables.UNCONFIRMED["ofd_cifar"] <= set(tables.REPORTED["ofd_cifar"])
   o = ofd_cfg.get_config("ResNet50,MobileNetV2")
-  assert (o.ofd.ce_weight, o.ofd.feat_weight, o.ofd.kernel_size, o.teacher.bn_mode) == (1.0, 0.001, 1, "batch_stats")
+  assert (o.ofd.ce_weight, o.ofd.feat_weight, o.ofd.kernel_size, o.ofd.teacher_bn_mode) == (1.0, 0.001, 1, "batch_stats")
+  assert methods.get("ofd", o).teacher_bn_mode == "batch_stats"
+  o.ofd.teacher_bn_mode = "eval"
+  assert methods.get("ofd", o).teacher_bn_mode == "eval"
+  o.ofd.teacher_bn_mode = "running"
+  with pytest.raises(UserError, match="teacher BatchNorm mode 'running'"):
+    methods.get("ofd", o)
   assert tables.REPORTED["kdsvd_cifar"] == {} and list(svd_cfg.PAIRS) == ["resnet32x4,resnet8x4"]
   s = svd_cfg.get_config()
   assert (s.kdsvd.ce_weight, s.kdsvd.feat_weight, s.kdsvd.k) == (1.0, 1.0, 1)
@@ -635,8 +641,6 @@ for method, teacher_arch, student, resume in json.loads(sys.argv[1]):
   config.method, config.model, config.teacher.arch = method, student, teacher_arch
   config.batch_size = 16
   config.crd.nce_k = 64
-  if method == "ofd":
-    config.teacher.bn_mode = "batch_stats"
   teacher = models.get(teacher_arch, num_classes=10)
   x = np.zeros((1, 32, 32, 3), np.float32)
   tvars = jax.jit(teacher.init)(jax.random.key(1), x)

@@ -75,7 +75,11 @@ def test_extra_update_runs_after_main_update_with_its_own_optimizer():
       name="t", needs_teacher=False, loss=_ce_loss, init=_init_w,
       trains=lambda path: path[0] == "student",
       extra_updates=(base.Update(second, trains=lambda path: path[0] == "method",
-                                 optimizer=lambda steps: optax.sgd(adam_lr)),))
+                                 optimizer=lambda steps: (optax.sgd(adam_lr), optax.constant_schedule(adam_lr))),))
+  bare = dataclasses.replace(method, extra_updates=(dataclasses.replace(
+      method.extra_updates[0], optimizer=lambda steps: optax.sgd(adam_lr)),))
+  with pytest.raises(TypeError, match=r"must return \(optax transformation, LR schedule\)"):
+    train.build(config, dataset, train.make_mesh(jax.devices()[:1]), method=bare)
   _, state, metrics = _one_step(method, config, dataset)
   assert isinstance(state.opt_state, tuple) and len(state.opt_state) == 2
   # d/dw sum(w^2) = 2w at w = 1: one SGD(0.25) step gives 0.5; the main pass never touched w.
@@ -135,8 +139,8 @@ def _register_prestage_method():
   @methods.registry.register("test_prestage")
   def make(cfg):
     del cfg
-    update = base.Update(pre_loss, trains=base.trains_method, optimizer=lambda steps: optax.sgd(0.1),
-                         learning_rate=lambda steps: optax.constant_schedule(0.1))
+    update = base.Update(pre_loss, trains=base.trains_method,
+                         optimizer=lambda steps: (optax.sgd(0.1), optax.constant_schedule(0.1)))
     return base.Method(name="test_prestage", needs_teacher=False, loss=_ce_loss, init=_init_w,
                        trains=lambda path: path[0] == "student", prestage=base.Prestage(2, update))
 

@@ -263,7 +263,7 @@ def test_afd_adam_matches_torch_adam_with_weight_decay():
   """The adversarial pass' optimizer is PyTorch Adam(weight_decay) and decays at 75/150."""
   fields = recipes.base_config().afd.to_dict()
   fields["adv_lr"] = 1e-2
-  tx = afd.adam(fields, steps_per_epoch=2)
+  tx, _ = afd.adam(fields, steps_per_epoch=2)
   rng = np.random.default_rng(0)
   w0 = rng.standard_normal(5)
   grads = [rng.standard_normal(5) for _ in range(3)]
@@ -417,12 +417,12 @@ def _load_config(name, arg):
 
 @pytest.mark.parametrize("name", ["afd", "dml", "kdcl"])
 def test_configs(name):
-  """`configs/<method>_cifar.py:NET1,NET2[,NET3]`: the cohort, the online recipe, views for KDCL."""
+  """`configs/<method>_cifar.py:NET1,NET2[,NET3]`: the cohort, the online recipe, KDCL's views."""
   module, c = _load_config(name, "resnet8,wrn_16_1,resnet8")
   assert (c.method, c.model, c.teacher.arch) == (name, "resnet8+wrn_16_1+resnet8", "")
-  assert c.data.views == (3 if name == "kdcl" else 1)
   assert (c.epochs, c.batch_size, c.optim.lr, tuple(c.optim.lr_milestones)) == (300, 128, 0.1, (150, 225))
   method = methods.get(name, c)
+  assert method.views == (3 if name == "kdcl" else 1)
   assert not method.needs_teacher
   with pytest.raises(UserError):
     module.get_config("resnet8")

@@ -61,11 +61,15 @@ def test_import_and_command_from_another_directory(installed, tmp_path):
   assert module_file.startswith(str(purelib)) and configs_dir.startswith(str(purelib))
   script = [str(python), "-c", "import sys; from kdjax.cli import main; sys.exit(main())"]
   usage = _run(installed, *script, "--help", cwd=tmp_path)
-  assert usage.returncode == 0 and "kdjax {train,convert}" in usage.stdout
+  assert usage.returncode == 0 and "kdjax {train,convert,reproduce}" in usage.stdout
   # A shipped config found by name: it loads (and then the typo in the override is named).
   typo = _run(installed, *script, "train", "--config=quickstart.py", "--config.epochz=1", cwd=tmp_path)
   assert typo.returncode == 2 and "unknown config field config.epochz" in typo.stderr, typo.stderr
   convert = _run(installed, *script, "convert", "--help", cwd=tmp_path)
   assert convert.returncode == 0 and "--to-torch" in convert.stdout
+  outside = _run(installed, *script, "reproduce", "--help", cwd=tmp_path)  # no clone here
+  assert outside.returncode == 2 and "from a clone" in outside.stderr, outside.stderr
+  inside = _run(installed, *script, "reproduce", "--help", cwd=ROOT)  # the repository's runner
+  assert inside.returncode == 0 and "--table" in inside.stdout, inside.stderr[-2000:]
   unknown = _run(installed, *script, "frob", cwd=tmp_path)
   assert unknown.returncode == 2 and "unknown command" in unknown.stderr

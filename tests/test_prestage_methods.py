@@ -340,7 +340,7 @@ def test_ab_prestage_update_leaves_the_classifier_untouched():
   assert set(params) == {"connector1", "connector2", "connector3"}  # 16/32/64 -> 64/128/256 ch
   tree = {"student": parity.random_like(_student_params(student), 0, np.float32), "method": params}
   update = method.prestage.update
-  new = _masked_step(tree, update.trains, update.optimizer(10))
+  new = _masked_step(tree, update.trains, update.optimizer(10)[0])
   same = lambda a, b: all(np.array_equal(x, y)
                           for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
   assert same(new["student"]["fc"], tree["student"]["fc"])
@@ -363,7 +363,7 @@ def test_ft_masks_pretrain_then_freeze_the_paraphraser():
   main = {p for p in _paths(tree) if method.trains(p)}
   assert pre and all(p[:2] == ("method", "paraphraser") for p in pre)
   assert main == set(_paths(tree)) - pre  # the student and the translator
-  new = _masked_step(tree, method.prestage.update.trains, method.prestage.update.optimizer(10))
+  new = _masked_step(tree, method.prestage.update.trains, method.prestage.update.optimizer(10)[0])
   assert all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(new["student"]),
                                                  jax.tree.leaves(tree["student"])))
 

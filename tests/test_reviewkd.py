@@ -294,7 +294,8 @@ def test_config_file():
   o = reviewkd_cifar.get_config("resnet32x4,ShuffleV2,official")
   assert (o.batch_size, o.optim.lr, o.optim.nesterov, tuple(o.optim.lr_milestones)) == (128, 0.02, True, (151, 181, 211))
   assert reviewkd_cifar.get_config("resnet32x4,resnet8x4,official").optim.lr == 0.1
-  assert (o.teacher.bn_mode, c.teacher.bn_mode) == ("batch_stats", "eval")
+  assert (o.reviewkd.teacher_bn_mode, c.reviewkd.teacher_bn_mode) == ("batch_stats", "eval")
+  assert methods.get("reviewkd", o).teacher_bn_mode == "batch_stats"
   with pytest.raises(UserError, match="unknown teacher,student pair"):
     reviewkd_cifar.get_config("resnet32x4,resnet20")
   with pytest.raises(UserError, match="unknown recipe"):

@@ -21,7 +21,7 @@ import pytest
 import torch
 from flax.traverse_util import flatten_dict
 
-from kdjax import checkpoint, methods, models, recipes
+from kdjax import checkpoint, methods, models, recipes, train
 from kdjax.convert import mapping
 from kdjax.errors import UserError
 from kdjax.methods import sftn
@@ -331,7 +331,7 @@ def test_config_chains_phases():
   with pytest.raises(UserError, match="unknown teacher,student pair"):
     sftn_cifar.get_config("resnet32x4,MobileNetV2")
   with pytest.raises(UserError, match="does not distill"):
-    sftn_cifar.get_config("resnet32x4,resnet8x4,vanilla")
+    train.check_config(sftn_cifar.get_config("resnet32x4,resnet8x4,vanilla"), 1)
 
 
 # ---------------------------------------------------------------------------- end to end

@@ -70,6 +70,14 @@ def test_table_rows_and_reported_numbers():
   assert reproduce.TABLES["tiny_cnn_dkd"] == (f"{study.TEACHER},{study.STUDENT}",)
 
 
+def test_a_row_name_is_shorthand_for_the_config_grammar():
+  for short, long in [("dkd_t4_a1_b2", "dkd,t=4,alpha=1,beta=2"), ("kd_t4_a0.9", "kd,t=4,alpha=0.9"),
+                      ("kd_t5", "kd,t=5")]:
+    assert study.get_config(short).to_dict() == study.get_config(long).to_dict()
+  with pytest.raises(UserError, match="valid: nokd, teacher"):
+    study.get_config("dkd,t=4,alpha=1,gamma=2")
+
+
 @pytest.mark.parametrize("bad", ["kd", "dkd_t1_a1", "kd_t0", "kd_t1_a1.5", "vanilla", "dkd_t1_a0.7_b0.25x"])
 def test_unknown_variant_lists_the_valid_ones(bad):
   with pytest.raises(UserError, match="valid: nokd, teacher") if bad not in ("kd_t0", "kd_t1_a1.5") \

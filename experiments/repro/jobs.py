@@ -5,6 +5,8 @@ import dataclasses
 import os
 from typing import Iterable, Optional, Sequence
 
+import ml_collections
+
 from . import tables
 from .specs import PAIR_PLACEHOLDER, TEACHER_CONFIG, MethodSpec, load_config_module
 
@@ -33,9 +35,20 @@ class Job:
   name: str = ""                 # the workdir relative to the table's, e.g. 'runs/kd/resnet56_resnet20/seed0'
 
 
-def teacher_workdir(root: str, dataset: str, arch: str) -> str:
-  """Where the `arch` teacher of `dataset` is trained (the trainer's auto_workdir pattern)."""
-  return os.path.join(root, "teachers", f"{dataset}_{arch}")
+def teacher_dir_pattern(root: str, config) -> str:
+  """`config`'s `teacher.auto_workdir` moved under `<root>/teachers` (the table's own teacher tree)."""
+  return os.path.join(root, "teachers", os.path.basename(config.teacher.auto_workdir))
+
+
+def teacher_workdir(root: str, dataset: str, arch: str, config=None) -> str:
+  """Where the trainer puts the `arch` teacher of `config` (default: the base recipe's) on `dataset`,
+  with the table's teachers under `<root>/teachers` (the trainer's `teachers.auto_workdir`)."""
+  from kdjax import recipes  # pylint: disable=import-outside-toplevel  (jax loads only when planning)
+  from kdjax.train import teachers  # pylint: disable=import-outside-toplevel
+  config = recipes.base_config() if config is None else ml_collections.ConfigDict(config.to_dict())
+  config.teacher.arch, config.teachers = arch, ()
+  config.teacher.auto_workdir = teacher_dir_pattern(root, config)
+  return teachers.auto_workdir(config, teachers.specs(config)[0], dataset, workdir=root)
 
 
 def run_workdir(root: str, method: str, pair: str, seed: int) -> str:
@@ -88,6 +101,13 @@ def _config_epochs(config_arg: str) -> int:
   return int(load_config_module(path).get_config(arg).epochs)
 
 
+def student_config(spec: MethodSpec, pair: str):
+  """The config of `spec`'s student job for `pair` (what its command line's --config builds)."""
+  arg = (spec.config_arg or pair).replace(PAIR_PLACEHOLDER, pair)
+  module = spec.module or load_config_module(spec.config)
+  return module.get_config(arg)
+
+
 def plan(specs: Sequence[MethodSpec], seeds: int, root: str, overrides: dict[str, str],
          default_dataset: str = tables.DEFAULT_DATASET) -> list[Job]:
   """Teacher jobs (distinct teachers, seed 0) first, then every method x pair x seed job."""
@@ -98,12 +118,8 @@ def plan(specs: Sequence[MethodSpec], seeds: int, root: str, overrides: dict[str
 
   def teacher_of(spec: MethodSpec, pair: str) -> tuple[str, str]:
     """(teacher job's workdir, its config argument) for `pair` under `spec`."""
-    arch, student = pair.split(",")
-    if pair in spec.teacher_dirs:
-      workdir = os.path.join(root, "teachers", spec.teacher_dirs[pair].format(dataset=dataset, teacher=arch,
-                                                                             student=student))
-    else:
-      workdir = teacher_workdir(root, dataset, arch)
+    arch = pair.split(",")[0]
+    workdir = teacher_workdir(root, dataset, arch, student_config(spec, pair))
     config_arg = (spec.teacher_config or f"{TEACHER_CONFIG}:{arch}").replace(PAIR_PLACEHOLDER, pair)
     return workdir, config_arg
 
@@ -139,8 +155,7 @@ def plan(specs: Sequence[MethodSpec], seeds: int, root: str, overrides: dict[str
           # error, not a second teacher trained concurrently); auto_workdir names the same place,
           # so the command without the checkpoint flag trains and shares the teacher there.
           fields["config.teacher.checkpoint"] = needs
-          fields["config.teacher.auto_workdir"] = needs if pair in spec.teacher_dirs else os.path.join(
-              root, "teachers", "{dataset}_{arch}")
+          fields["config.teacher.auto_workdir"] = teacher_dir_pattern(root, student_config(spec, pair))
         default_epochs = _config_epochs(config_arg)
         fields.update(overrides)
         if any(j.workdir == workdir for j in students):  # vanilla: one run per student

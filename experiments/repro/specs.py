@@ -30,8 +30,6 @@ class MethodSpec:
   config_arg: str = ""           # the config's argument for the student jobs ('' : the pair)
   teacher_config: str = ""       # 'path:arg' of the teacher job ('' : configs/teacher_cifar.py:ARCH)
   teacher_job: bool = True       # False: the config names the teacher's checkpoint (ImageNet)
-  # pair -> teacher workdir name pattern, from the config's teacher.auto_workdir (none: '{dataset}_{teacher}')
-  teacher_dirs: dict[str, str] = dataclasses.field(default_factory=dict)
   notes: dict[str, str] = dataclasses.field(default_factory=dict)  # pair -> note on the published number
 
 
@@ -94,10 +92,8 @@ def method_spec(name: str, table_pairs: Sequence[str], config_dir: str = CONFIG_
     elif config.teacher.checkpoint:
       extra = {"teacher_job": False}
     elif key in tables.TEACHER_JOB:
-      # Where the trainer itself would put each pair's teacher (its auto_workdir), under the table's root.
-      dirs = {p: os.path.basename(module.get_config(p).teacher.auto_workdir).replace("{arch}", "{teacher}")
-              for p in pairs}
-      extra = {"teacher_config": f"{configs[name]}:{tables.TEACHER_JOB[key]}", "teacher_dirs": dirs}
+      # The jobs ask the trainer where each pair's teacher goes (jobs.teacher_workdir).
+      extra = {"teacher_config": f"{configs[name]}:{tables.TEACHER_JOB[key]}"}
   return MethodSpec(name, configs[name], pairs, dict(tables.REPORTED.get(key, {})),
                     metric_of(name, key), module, **extra)
 

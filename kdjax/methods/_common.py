@@ -123,20 +123,14 @@ def trains_student_features(arch: str) -> Callable[[base.ParamPath], bool]:
   return trains
 
 
-def constant_lr_sgd(lr: float, momentum: float, weight_decay: float,
-                    nesterov: bool = False) -> Callable[[int], optax.GradientTransformation]:
+def constant_lr_sgd(lr: float, momentum: float, weight_decay: float, nesterov: bool = False):
   """`Update.optimizer` of a pre-stage: PyTorch SGD (coupled L2, momentum) at a constant LR."""
 
-  def make(steps_per_epoch: int) -> optax.GradientTransformation:
+  def make(steps_per_epoch: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
     del steps_per_epoch  # RepDistiller's `init()` never changes the LR
-    return torch_optim.sgd(lr, momentum, weight_decay, nesterov)
+    return torch_optim.sgd(lr, momentum, weight_decay, nesterov), optax.constant_schedule(lr)
 
   return make
-
-
-def constant_lr(lr: float) -> Callable[[int], optax.Schedule]:
-  """`Update.learning_rate` of `constant_lr_sgd(lr, ...)`: what the prestage logs as its LR."""
-  return lambda steps_per_epoch: optax.constant_schedule(lr)
 
 
 def init_prestage(cfg, node, loss: base.LossFn, trains: Callable[[base.ParamPath], bool]):
@@ -146,8 +140,7 @@ def init_prestage(cfg, node, loss: base.LossFn, trains: Callable[[base.ParamPath
     return None
   lr = float(node.init_lr) or float(cfg.optim.lr)
   return base.Prestage(int(node.init_epochs), base.Update(
-      loss, trains, constant_lr_sgd(lr, float(cfg.optim.momentum), float(cfg.optim.weight_decay)),
-      learning_rate=constant_lr(lr)))
+      loss, trains, constant_lr_sgd(lr, float(cfg.optim.momentum), float(cfg.optim.weight_decay))))
 
 
 def ce_only_loss(ce_weight: float) -> base.LossFn:

@@ -180,12 +180,13 @@ def init_params(rng: jax.Array, maps: Sequence[jax.Array], hidden: int = 0, sigm
 adam_schedule = torch_optim.step_schedule  # the adversarial pass's MultiStepLR
 
 
-def adam(c: dict[str, Any], steps_per_epoch: int) -> optax.GradientTransformation:
-  """PyTorch Adam with `weight_decay` (coupled L2 added to the gradient) from `config.afd`'s fields."""
+def adam(c: dict[str, Any], steps_per_epoch: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  """PyTorch Adam with `weight_decay` (coupled L2 added to the gradient) from `config.afd`'s fields,
+  and its LR schedule."""
   schedule = torch_optim.step_schedule(float(c["adv_lr"]), c["adv_lr_milestones"], float(c["adv_lr_decay"]),
                                        steps_per_epoch)
   return torch_optim.adam(schedule, float(c["adv_b1"]), float(c["adv_b2"]), float(c["adv_eps"]),
-                          float(c["adv_weight_decay"]))
+                          float(c["adv_weight_decay"])), schedule
 
 
 def networks_only(path: base.ParamPath) -> bool:

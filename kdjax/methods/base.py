@@ -30,7 +30,10 @@ import flax
 import jax
 import jax.numpy as jnp
 
+from kdjax.errors import UserError
+
 PyTree = Any
+TEACHER_BN_MODES = ("eval", "batch_stats")
 ModelOutput = tuple[jax.Array, dict[str, Any]]
 
 
@@ -70,15 +73,13 @@ class Update:
   `trains(path)` gets a parameter's path in the trainable tree, e.g.
   `('method', 'disc0', 'conv1', 'kernel')` or `('student', 'layer1', ...)`;
   parameters it rejects get no update (no weight decay, no momentum) from this
-  pass. `optimizer(steps_per_epoch)` returns the pass's optax transformation;
+  pass. `optimizer(steps_per_epoch)` returns the pass's `(optax transformation,
+  LR schedule)` (the schedule is what the run logs as `lr` when this is the main pass);
   None means the run's optimizer (`config.optim`, PyTorch SGD).
   """
   loss: LossFn
   trains: Callable[[ParamPath], bool] = trains_all
-  optimizer: Optional[Callable[[int], Any]] = None
-  # The LR schedule `optimizer(steps_per_epoch)` follows, as `learning_rate(steps_per_epoch)`:
-  # what a prestage logs as its `lr` (None: the run's schedule).
-  learning_rate: Optional[Callable[[int], Any]] = None
+  optimizer: Optional[Callable[[int], tuple[Any, Any]]] = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,6 +101,8 @@ class Method:
 
   Optional parts (all generic to the trainer):
   * `trains`: mask of the parameters the main `loss` moves (default: all);
+  * `optimizer`: the main pass's `(tx, schedule)` factory, as `Update.optimizer`
+    (default None: the run's `config.optim`);
   * `extra_updates`: further passes in the same step, each a fresh forward pass
     after the previous pass's update (AFD's adversarial feature-map pass);
   * `prestage`: epochs of another loss before the main training (AB, FT);
@@ -109,23 +112,38 @@ class Method:
     (True for KD-style methods); False lets a teacher trained on another dataset
     distill (FKD's cross-dataset setting);
   * `needs_teacher_variables`: `init` reads the (first) teacher's variables from
-    `data_info['teacher_variables']` (OFD's margins); None is passed otherwise.
+    `data_info['teacher_variables']` (OFD's margins); None is passed otherwise;
+  * `views`: independently augmented views of each batch (KDCL: one per cohort
+    member, stacked on a leading axis; the teacher, if any, sees the first);
+  * `teacher_bn_mode`: how the frozen teacher's BatchNorms run, `eval` (running
+    statistics) or `batch_stats` (the batch's, as references that never call
+    `teacher.eval()`: mdistiller's OFD, ReviewKD's release).
   """
   name: str
   needs_teacher: bool
   loss: LossFn
   init: Callable[..., tuple[PyTree, PyTree]] = empty_init
   trains: Callable[[ParamPath], bool] = trains_all
+  optimizer: Optional[Callable[[int], tuple[Any, Any]]] = None
   extra_updates: tuple[Update, ...] = ()
   prestage: Optional[Prestage] = None
   multi_teacher: bool = False
   shared_labels: bool = True
   needs_teacher_variables: bool = False
+  views: int = 1
+  teacher_bn_mode: str = "eval"
+
+  def __post_init__(self):
+    if self.teacher_bn_mode not in TEACHER_BN_MODES:
+      raise UserError(f"method {self.name!r}: teacher BatchNorm mode {self.teacher_bn_mode!r}; valid: "
+                      f"{', '.join(map(repr, TEACHER_BN_MODES))}.")
+    if self.views < 1:
+      raise UserError(f"method {self.name!r}: {self.views} views per step; it must be >= 1.")
 
   @property
   def passes(self) -> tuple[Update, ...]:
     """The optimisation passes of one step, in order: the main `loss`, then `extra_updates`."""
-    return (Update(self.loss, self.trains),) + tuple(self.extra_updates)
+    return (Update(self.loss, self.trains, self.optimizer),) + tuple(self.extra_updates)
 
 
 def at_least_f32(x: jax.Array) -> jax.Array:

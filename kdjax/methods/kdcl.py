@@ -1,8 +1,8 @@
 """KDCL: Online Knowledge Distillation via Collaborative Learning (Guo et al., CVPR 2020).
 
 Online: K peers (a cohort, `config.model = 'A+B[+...]'`), each fed its own randomly
-augmented view of the same images (`config.data.views = K`; the cohort gets a
-(K, B, H, W, C) batch). The peers' logits are fused into one soft target z_t
+augmented view of the same images (the method declares K views, K from `config.model`;
+the cohort gets a (K, B, H, W, C) batch). The peers' logits are fused into one soft target z_t
 (a constant: stop_gradient), and every peer distills from it:
 
     L = sum_k [ CE(z_k, y) + w * T^2 * KL(softmax(z_t / T) || softmax(z_k / T)) ]
@@ -35,6 +35,7 @@ import ml_collections
 
 from kdjax.errors import UserError
 from kdjax.methods import base, dml, kd, registry
+from kdjax.models import cohort
 
 RULES = ("naive", "linear", "min_logit", "mean")
 
@@ -127,4 +128,4 @@ def make(cfg: ml_collections.ConfigDict) -> base.Method:
     total, metrics = kdcl_loss(logits, batch["label"], t, w, rule, steps, lr)
     return total, metrics, state
 
-  return base.Method(name="kdcl", needs_teacher=False, loss=loss)
+  return base.Method(name="kdcl", needs_teacher=False, loss=loss, views=cohort.size(cfg.model))

@@ -17,7 +17,7 @@ min(n_S, n_T) stages):
 
 L = w_ce * CE + w_ofd * L_ofd; CIFAR-100 (mdistiller `cfg.OFD`): CE 1, OFD 0.001, k = 1.
 mdistiller runs the teacher's BatchNorms in train mode for OFD (its `train()` override),
-so configs/ofd_cifar.py sets `teacher.bn_mode = 'batch_stats'`.
+so `config.ofd.teacher_bn_mode` defaults to 'batch_stats' ('eval' for the usual frozen teacher).
 
 The teacher BatchNorm of each tap (mdistiller's `get_bn_before_relu`), read from
 `data_info['teacher_variables']['params']`, per family: CIFAR ResNet `layer{1,2,3}.<last>.bn2`;
@@ -166,9 +166,11 @@ def _teacher_arch(cfg: ml_collections.ConfigDict) -> str:
   return str(teachers[0]).split("=")[0].strip() if teachers else str(cfg.teacher.arch)
 
 
-@registry.register("ofd", defaults=dict(ce_weight=1.0, feat_weight=0.001, kernel_size=1))
+@registry.register("ofd", defaults=dict(ce_weight=1.0, feat_weight=0.001, kernel_size=1,
+                                        teacher_bn_mode="batch_stats"))
 def make(cfg: ml_collections.ConfigDict) -> base.Method:
-  """OFD with `cfg.ofd.{ce_weight, feat_weight, kernel_size}` (CIFAR: 1, 0.001, 1)."""
+  """OFD with `cfg.ofd.{ce_weight, feat_weight, kernel_size, teacher_bn_mode}` (CIFAR: 1, 0.001, 1,
+  batch_stats)."""
   c = cfg.ofd
   kernel = int(c.kernel_size)
   arch = _teacher_arch(cfg)
@@ -203,4 +205,4 @@ def make(cfg: ml_collections.ConfigDict) -> base.Method:
     return value, dict(state, batch_stats=stats)
 
   method = _common.ce_plus_feature_method("ofd", float(c.ce_weight), float(c.feat_weight), term, init)
-  return dataclasses.replace(method, needs_teacher_variables=True)
+  return dataclasses.replace(method, needs_teacher_variables=True, teacher_bn_mode=str(c.teacher_bn_mode))

@@ -330,10 +330,10 @@ def review_loss(head: ReviewHead, params: base.PyTree, batch_stats: base.PyTree,
 @registry.register("reviewkd", defaults=dict(weight=1.0, ce_weight=1.0, warmup_epochs=20.0,
                                              warmup_epoch_base=0, max_mid_channel=512,
                                              abf=True, feed="residual", hcl_levels=HCL_LEVELS,
-                                             hcl_weights=(), review=True))
+                                             hcl_weights=(), review=True, teacher_bn_mode="eval"))
 def make(cfg: ml_collections.ConfigDict) -> base.Method:
-  """ReviewKD with `cfg.reviewkd.{weight, ce_weight, warmup_epochs, warmup_epoch_base, max_mid_channel}`
-  and the ablation switches `{abf, feed, hcl_levels, hcl_weights, review}`."""
+  """ReviewKD with `cfg.reviewkd.{weight, ce_weight, warmup_epochs, warmup_epoch_base, max_mid_channel,
+  teacher_bn_mode}` and the ablation switches `{abf, feed, hcl_levels, hcl_weights, review}`."""
   c = cfg.reviewkd
   weight, w_ce = float(c.weight), float(c.ce_weight)
   warmup, epoch_base, max_mid = float(c.warmup_epochs), int(c.warmup_epoch_base), int(c.max_mid_channel)
@@ -368,4 +368,6 @@ def make(cfg: ml_collections.ConfigDict) -> base.Method:
     metrics = {"loss_ce": ce, "loss_reviewkd": review, "reviewkd_warmup": ramp}
     return w_ce * ce + weight * ramp * review, metrics, dict(state, batch_stats=batch_stats)
 
-  return base.Method(name="reviewkd", needs_teacher=True, loss=loss, init=init)
+  # The release never calls teacher.eval(): its `,official` recipe sets teacher_bn_mode='batch_stats'.
+  return base.Method(name="reviewkd", needs_teacher=True, loss=loss, init=init,
+                     teacher_bn_mode=str(c.teacher_bn_mode))

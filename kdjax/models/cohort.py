@@ -34,14 +34,19 @@ def split_name(name: str) -> list[str]:
   return [part.strip() for part in name.split(SEPARATOR)]
 
 
-def name_from_arg(arg: str) -> str:
-  """A config argument 'NET1,NET2[,NET3...]' -> the cohort name 'NET1+NET2[+NET3...]', checked."""
-  parts = [p.strip() for p in arg.replace(SEPARATOR, ",").split(",") if p.strip()]
+def name_of(networks: Sequence[str]) -> str:
+  """Networks ('NET1', 'NET2'[, ...]) -> the cohort name 'NET1+NET2[+...]', checked."""
+  parts = [p.strip() for p in networks if p.strip()]
   unknown = [p for p in parts if p not in registry.names()]
   if len(parts) < 2 or unknown:
     raise UserError(f"an online method trains two or more networks, 'NET1,NET2[,NET3...]', "
-                    f"of valid models: {', '.join(registry.names())}; got {arg!r}")
+                    f"of valid models: {', '.join(registry.names())}; got {','.join(networks)!r}")
   return SEPARATOR.join(parts)
+
+
+def name_from_arg(arg: str) -> str:
+  """A text 'NET1,NET2[,NET3...]' (or 'NET1+NET2') -> the cohort name 'NET1+NET2[+NET3...]', checked."""
+  return name_of(arg.replace(SEPARATOR, ",").split(","))
 
 
 def size(name: str) -> int:

@@ -47,16 +47,23 @@ def masked(tx: optax.GradientTransformation, trains) -> optax.GradientTransforma
   return optax.multi_transform({"on": tx, "off": optax.set_to_zero()}, labels)
 
 
-def create_optimizers(config: ml_collections.ConfigDict, method: methods_base.Method, lr_fn: optax.Schedule,
-                      steps_per_epoch: int, main_optimizer=None) -> tuple[optax.GradientTransformation, ...]:
-  """One masked optimizer per pass of the step: the method's main loss, then its extra updates."""
+def create_optimizers(config: ml_collections.ConfigDict, method: methods_base.Method,
+                      steps_per_epoch: int) -> tuple[tuple[optax.GradientTransformation, ...], optax.Schedule]:
+  """One masked optimizer per pass of the step (the method's main loss, then its extra updates),
+  and the main pass's LR schedule (what the run logs as `lr`)."""
+  lr_fn = create_learning_rate_fn(config, steps_per_epoch)
   run_tx = create_optimizer(config, lr_fn)
-  main = main_optimizer(steps_per_epoch) if main_optimizer is not None else run_tx
-  txs = [masked(main, method.trains)]
-  for update in method.extra_updates:
-    txs.append(masked(update.optimizer(steps_per_epoch) if update.optimizer is not None else run_tx,
-                      update.trains))
-  return tuple(txs)
+  txs, schedules = [], []
+  for k, update in enumerate(method.passes):
+    made = update.optimizer(steps_per_epoch) if update.optimizer is not None else (run_tx, lr_fn)
+    # A bare GradientTransformation is itself a pair (init, update): refuse it rather than unpack it.
+    if isinstance(made, optax.GradientTransformation) or not isinstance(made, tuple) or len(made) != 2:
+      raise TypeError(f"method {method.name!r}, pass {k}: `optimizer(steps_per_epoch)` must return "
+                      f"(optax transformation, LR schedule), got {type(made).__name__}")
+    tx, schedule = made
+    txs.append(masked(tx, update.trains))
+    schedules.append(schedule)
+  return tuple(txs), schedules[0]
 
 
 def as_passes(tx) -> tuple[optax.GradientTransformation, ...]:

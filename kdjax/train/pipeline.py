@@ -49,12 +49,12 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
         f"teacher checkpoint {path!r} (config.teacher.checkpoint) does not exist. Give a kdjax run "
         "workdir, a directory from `python -m kdjax.convert`, a PyTorch .pth file, or leave it "
         "empty to train the teacher first.")
+  if config.teacher.recipe != "vanilla" and not methods_lib.get(config.method, config).needs_teacher:
+    raise UserError(f"config.teacher.recipe={config.teacher.recipe!r} trains a teacher, but method "
+                    f"{config.method!r} does not distill from one; pick a method that does (kd, dkd, "
+                    "reviewkd, fitnet, ...) or leave teacher.recipe 'vanilla'.")
   if config.dtype not in ("float32", "bfloat16"):
     raise UserError(f"config.dtype={config.dtype!r}; valid: 'float32', 'bfloat16'.")
-  if config.teacher.bn_mode not in ("eval", "batch_stats"):
-    raise UserError(f"config.teacher.bn_mode={config.teacher.bn_mode!r}; valid: 'eval', 'batch_stats'.")
-  if config.data.views < 1:
-    raise UserError(f"config.data.views={config.data.views}; it must be >= 1.")
 
 
 def run_name(config: ml_collections.ConfigDict) -> str:
@@ -102,7 +102,7 @@ class Run:
 
 def build(config: ml_collections.ConfigDict, dataset: data_lib.Dataset, mesh: jax.sharding.Mesh,
           teacher_model=None, teacher_vars=None, *, method: Optional[methods_lib.Method] = None,
-          teacher_inputs=None, main_optimizer=None, main_learning_rate=None) -> Run:
+          teacher_inputs=None) -> Run:
   """Initial state and jitted step/eval functions for `config` on `mesh` (state replicated, batch sharded).
 
   `teacher_model`/`teacher_vars`/`teacher_inputs` are as `teachers.step_inputs` gives
@@ -118,10 +118,7 @@ def build(config: ml_collections.ConfigDict, dataset: data_lib.Dataset, mesh: ja
   steps_per_epoch = num_train // config.batch_size
   if steps_per_epoch == 0:
     raise UserError(f"config.batch_size={config.batch_size} exceeds the {num_train} training images.")
-  lr_fn = optim.create_learning_rate_fn(config, steps_per_epoch)
-  tx = optim.create_optimizers(config, method, lr_fn, steps_per_epoch, main_optimizer)
-  if main_learning_rate is not None:
-    lr_fn = main_learning_rate(steps_per_epoch)  # what the main pass's own optimizer follows
+  tx, lr_fn = optim.create_optimizers(config, method, steps_per_epoch)
 
   init_key, data_key, aug_key = jax.random.split(jax.random.key(config.seed), 3)
   ensemble = isinstance(teacher_model, (list, tuple))
@@ -145,8 +142,8 @@ def build(config: ml_collections.ConfigDict, dataset: data_lib.Dataset, mesh: ja
                                steps_per_epoch=steps_per_epoch, mean=dataset.mean, std=dataset.std,
                                crop_padding=config.data.crop_padding, flip=config.data.flip,
                                aug_key=aug_key, batch_sharding=batch_sharding,
-                               teacher_inputs=teacher_inputs, teacher_bn_mode=config.teacher.bn_mode,
-                               views=config.data.views, streaming=streaming),
+                               teacher_inputs=teacher_inputs, teacher_bn_mode=method.teacher_bn_mode,
+                               views=method.views, streaming=streaming),
       out_shardings=(replicated, replicated), donate_argnums=(0,))
   permute = jax.jit(lambda key: jax.random.permutation(key, num_train), out_shardings=replicated)
   num_devices = mesh.devices.size
@@ -203,13 +200,12 @@ def _run_prestage(config, method: methods_lib.Method, dataset, mesh, workdir: st
   """Runs (or resumes, or reuses) the method's prestage under `<workdir>/prestage`; its final state."""
   prestage = method.prestage
   update = prestage.update
-  pre_method = dataclasses.replace(method, loss=update.loss, trains=update.trains, extra_updates=(),
-                                   prestage=None)
+  pre_method = dataclasses.replace(method, loss=update.loss, trains=update.trains,
+                                   optimizer=update.optimizer, extra_updates=(), prestage=None)
   pre_config = ml_collections.ConfigDict(config.to_dict())
   pre_config.epochs = prestage.epochs
   modules, variables, inputs = teachers_lib.step_inputs(teachers, teachers_lib.is_ensemble(config))
-  run = build(pre_config, dataset, mesh, modules, variables, method=pre_method, teacher_inputs=inputs,
-              main_optimizer=update.optimizer, main_learning_rate=update.learning_rate)
+  run = build(pre_config, dataset, mesh, modules, variables, method=pre_method, teacher_inputs=inputs)
   directory = os.path.join(workdir, "prestage")
   checkpoints = ckpt_lib.TrainStateCheckpoints(os.path.join(directory, "checkpoints"))
   state, history = run.state, loop.new_history()

@@ -58,6 +58,17 @@ def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
   return out
 
 
+def _upgrade(flat: dict[str, Any], now: dict[str, Any]) -> dict[str, Any]:
+  """A record written before fields moved (`defaults.MOVED`), in today's names (`now`'s keys)."""
+  flat = dict(flat)
+  flat.pop("data.views", None)  # now the method's own (KDCL: the cohort's size, pinned by `model`)
+  bn_mode = flat.pop("teacher.bn_mode", None)
+  moved_to = f"{flat.get('method')}.teacher_bn_mode"
+  if bn_mode is not None and moved_to in now and moved_to not in flat:
+    flat[moved_to] = bn_mode
+  return flat
+
+
 def _relevant(flat: dict[str, Any], needs_teacher: bool) -> dict[str, Any]:
   """The fields that alter this run's result: not the neutral ones, not other methods' nodes,
   and no teacher fields for a method without a teacher."""
@@ -87,7 +98,8 @@ def check_config(workdir: str, config: ml_collections.ConfigDict, accept_change:
     if started is not None:
       # The run's own method decides whether teacher fields matter (a changed method differs anyway).
       needs_teacher = methods_lib.get(config.method, config).needs_teacher
-      before, now = _relevant(_flat(started), needs_teacher), _relevant(_flat(current), needs_teacher)
+      now = _relevant(_flat(current), needs_teacher)
+      before = _relevant(_upgrade(_flat(started), now), needs_teacher)
       changed = sorted(k for k in set(before) | set(now) if before.get(k, "<absent>") != now.get(k, "<absent>"))
       if changed and not accept_change:
         listed = [f"  {k}: {before.get(k, '<absent>')!r} when started, {now.get(k, '<absent>')!r} now"
