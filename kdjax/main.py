@@ -44,10 +44,10 @@ _PROCESS_ID = flags.DEFINE_integer(
 flags.mark_flags_as_required(["config"])
 
 
-def _fail(message: str) -> None:
-  """Ends the program with one line on stderr and exit code 2."""
+def _fail(message: str, code: int = 2) -> None:
+  """Ends the program with the message on stderr and exit code `code` (2: bad input)."""
   print(f"kdjax: error: {message}", file=sys.stderr, flush=True)
-  sys.exit(2)
+  sys.exit(code)
 
 
 def bundled_configs_dir() -> str:
@@ -191,6 +191,13 @@ def _initialize_distributed() -> None:
 
 def main(argv: list[str]) -> None:
   """Trains and evaluates; bad input ends with one line on stderr and exit code 2."""
+  try:
+    _main(argv)
+  except KeyboardInterrupt:  # Ctrl-C before the trainer's handlers were in place
+    _fail("interrupted before training started; nothing was written. Rerun the same command.", 130)
+
+
+def _main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   if not flags.FLAGS["verbosity"].present:
@@ -211,7 +218,11 @@ def main(argv: list[str]) -> None:
   try:
     results = train.train_and_evaluate(config, workdir, accept_config_change=_ACCEPT_CHANGE.value)
   except UserError as e:
-    _fail(str(e))
+    if getattr(e, "hard_exit", False):  # a full disk: Orbax's failed writer threads would print at exit
+      print(f"kdjax: error: {e}", file=sys.stderr, flush=True)
+      sys.stdout.flush()
+      os._exit(2)  # pylint: disable=protected-access
+    _fail(str(e), getattr(e, "exit_code", 2))  # a preempted run: 128 + the signal's number
   summary = (f"[kdjax] done: {results['method']} {results['student']} on {results['dataset']}: "
              f"best top-1 {results['best_top1']:.2f}% (epoch {results['best_epoch']}), "
              f"last {results['last_top1']:.2f}%")

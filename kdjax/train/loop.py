@@ -7,10 +7,14 @@ writer, the best-model callback and the train-state checkpoint.
 """
 from __future__ import annotations
 
+import contextlib
+import itertools
 import json
 import os
+import signal
+import threading
 import time
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import jax
 import ml_collections
@@ -25,6 +29,59 @@ from kdjax.train.step import TrainState
 
 class NonFiniteLossError(UserError):
   """The loss or its gradient became NaN/inf; the run stopped without checkpointing it."""
+
+
+class Interrupted(UserError):
+  """SIGTERM/SIGINT stopped the run after a checkpoint of the step it had reached."""
+
+  def __init__(self, message: str, signum: int):
+    super().__init__(message)
+    self.exit_code = 128 + signum  # the shell's convention for "ended by signal N"
+
+
+class StopRequest:
+  """Set by a SIGTERM/SIGINT handler; the loop polls it between steps."""
+
+  def __init__(self):
+    self.signum: Optional[int] = None
+
+
+@contextlib.contextmanager
+def stop_on_signals(request: StopRequest) -> Iterator[StopRequest]:
+  """For the block, SIGTERM and SIGINT set `request` instead of killing; a second one acts as before."""
+  if threading.current_thread() is not threading.main_thread():
+    yield request  # only the main thread can take signals
+    return
+  watched = (signal.SIGTERM, signal.SIGINT)
+  previous = {s: signal.getsignal(s) for s in watched}
+
+  def handler(signum, frame):
+    del frame
+    request.signum = signum
+    signal.signal(signum, previous[signum])  # a second signal: stop at once, as without kdjax
+
+  for s in watched:
+    signal.signal(s, handler)
+  try:
+    yield request
+  finally:
+    for s in watched:
+      signal.signal(s, previous[s])
+
+
+def _stop_agreed(request: StopRequest, boundary: bool) -> bool:
+  """Whether to stop now: the local request alone, or, with several processes, any process's
+  request at a logging boundary (they must all checkpoint the same step)."""
+  if jax.process_count() == 1:
+    return request.signum is not None
+  if not boundary:
+    return False
+  from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+  flags = multihost_utils.process_allgather(np.int32(request.signum or 0))
+  signum = int(np.max(flags))
+  if signum:
+    request.signum = request.signum or signum
+  return bool(signum)
 
 
 def log(message: str) -> None:
@@ -98,6 +155,16 @@ class Writer:
       f.write(json.dumps(record) + "\n")
     self._tb.flush()
 
+  def sync(self, records: list[dict]) -> None:
+    """Rewrites metrics.jsonl as the restored history's epochs, so that a resumed run's log holds
+    each epoch once (a kill between the log line and the checkpoint left a line ahead)."""
+    if not self._on:
+      return
+    tmp = self._jsonl + ".tmp"
+    with open(tmp, "w") as f:
+      f.writelines(json.dumps(r) + "\n" for r in records)
+    os.replace(tmp, self._jsonl)
+
   def close(self) -> None:
     if self._on:
       if self._bar is not None:
@@ -133,17 +200,18 @@ class Fitter:
     global_shape = (local.shape[0] * jax.process_count(), *local.shape[1:])
     return jax.make_array_from_process_local_data(self.batch_sharding, local, global_shape)
 
-  def train_inputs(self, epoch: int):
-    """The (images, labels, perm-or-indices) arguments of each step of `epoch`."""
+  def train_inputs(self, epoch: int, start: int = 0):
+    """The (images, labels, perm-or-indices) arguments of each step of `epoch` from step `start`."""
     if not self.streaming:
       perm = self.run.permute(jax.random.fold_in(self.run.data_key, epoch))
-      for _ in range(self.run.steps_per_epoch):
+      for _ in range(start, self.run.steps_per_epoch):
         yield self.train_images, self.train_labels, perm
       return
     batches = self.dataset.train_batches(epoch=epoch, batch_size=self.config.batch_size,
                                          seed=self.config.seed, process_index=jax.process_index(),
                                          process_count=jax.process_count())
-    for _, batch in zip(range(self.run.steps_per_epoch), batches):
+    # The order is a function of (seed, epoch): the skipped batches are the ones already trained on.
+    for batch in itertools.islice(batches, start, self.run.steps_per_epoch):
       yield self._global(batch["image"]), self._global(batch["label"]), self._global(batch["index"])
 
   def top1(self, evaluate, variables) -> list[float]:
@@ -161,33 +229,57 @@ class Fitter:
     return [100.0 * int(c) / self.num_test for c in correct.reshape(-1)]
 
   def fit(self, state: TrainState, history: dict, checkpoints: ckpt_lib.TrainStateCheckpoints,
-          writer: Writer, on_epoch_end: Optional[Callable] = None) -> tuple[TrainState, dict]:
-    """Runs the remaining epochs; evaluates, logs and checkpoints after each."""
+          writer: Writer, on_epoch_end: Optional[Callable] = None,
+          stop: Optional[StopRequest] = None) -> tuple[TrainState, dict]:
+    """Runs the remaining epochs (from mid-epoch after a preemption); evaluates, logs and
+    checkpoints after each. Once `stop` is set (SIGTERM/SIGINT; default: handlers for this
+    call), it checkpoints the step reached and raises `Interrupted`."""
+    writer.sync(history["epochs"])
+    if stop is not None:
+      return self._fit(state, history, checkpoints, writer, on_epoch_end, stop)
+    with stop_on_signals(StopRequest()) as request:
+      return self._fit(state, history, checkpoints, writer, on_epoch_end, request)
+
+  def _fit(self, state, history, checkpoints, writer, on_epoch_end, request):
     config, run = self.config, self.run
     steps_per_epoch = run.steps_per_epoch
     start_epoch = len(history["epochs"])
+    # A preempted run stopped inside an epoch: its position and that epoch's metrics so far.
+    position = history.pop("position", None) or {"steps": 0, "intervals": [], "buffer": []}
     t_start = time.time()
+    first_interval = True  # includes compilation: kept out of the throughput
     for epoch in range(start_epoch, config.epochs):
-      epoch_metrics, buffer = [], []
+      skip = position["steps"] if epoch == start_epoch else 0
+      epoch_metrics = list(position["intervals"]) if epoch == start_epoch else []
+      buffer = [_from_host(m) for m in position["buffer"]] if epoch == start_epoch else []
       writer.start_epoch(steps_per_epoch, f"{self.name} epoch {epoch + 1}/{config.epochs}")
       t_epoch = t_interval = time.time()
       images_in_interval = 0
-      for i, (images, labels, perm) in enumerate(self.train_inputs(epoch)):
+      for i, (images, labels, perm) in enumerate(self.train_inputs(epoch, skip), start=skip):
         state, metrics = run.train_step(state, self.teacher_vars, images, labels, perm)
         buffer.append(metrics)
         images_in_interval += config.batch_size
-        if len(buffer) == config.log_every_steps or i == steps_per_epoch - 1:
+        boundary = len(buffer) == config.log_every_steps or i == steps_per_epoch - 1
+        if boundary:
           summary = mean_metrics(buffer)  # waits for this interval's steps only
           raise_if_nonfinite(state, config)
           dt = time.time() - t_interval
           summary["images_per_second"] = images_in_interval / max(dt, 1e-9)
-          # The first interval includes compilation; keep it out of the throughput.
-          if not (epoch == start_epoch and len(epoch_metrics) == 0):
+          if not first_interval:
             history["train_seconds"] += dt
             history["train_images"] += images_in_interval
+          first_interval = False
           epoch_metrics.append(summary)
           writer.train(epoch * steps_per_epoch + i + 1, len(buffer), summary)
           buffer, t_interval, images_in_interval = [], time.time(), 0
+        if i < steps_per_epoch - 1 and _stop_agreed(request, boundary):
+          raise_if_nonfinite(state, config)
+          history["position"] = {"steps": i + 1, "intervals": epoch_metrics,
+                                 "buffer": [_to_host(m) for m in jax.device_get(buffer)]}
+          history["wall_seconds"] = history.get("wall_seconds", 0.0) + (time.time() - t_start)
+          checkpoints.save(epoch * steps_per_epoch + i + 1, state, history)
+          raise self._interrupted(request.signum, f"after step {i + 1}/{steps_per_epoch} of epoch "
+                                  f"{epoch + 1}/{config.epochs}", checkpoints)
       variables = {"params": state.params["student"], "batch_stats": state.batch_stats}
       tops = self.top1(run.evaluate, variables)
       record = {"epoch": epoch + 1, "test_top1": tops[0], "seconds": time.time() - t_epoch}
@@ -203,8 +295,26 @@ class Fitter:
           on_epoch_end(variables, epoch + 1, tops[0])
       history["wall_seconds"] = history.get("wall_seconds", 0.0) + (time.time() - t_start)
       t_start = time.time()
-      checkpoints.save(epoch + 1, state, history)
+      checkpoints.save((epoch + 1) * steps_per_epoch, state, history)
       log(f"[kdjax] {self.name} epoch {epoch + 1}/{config.epochs}: test top-1 {tops[0]:.2f}% "
           f"(best {history['best_top1']:.2f}% at epoch {history['best_epoch']}), "
           f"train loss {record['train_loss']:.4f}")
+      if epoch + 1 < config.epochs and _stop_agreed(request, True):
+        raise self._interrupted(request.signum, f"at the end of epoch {epoch + 1}/{config.epochs}",
+                                checkpoints)
     return state, history
+
+  def _interrupted(self, signum: int, where: str, checkpoints: ckpt_lib.TrainStateCheckpoints) -> Interrupted:
+    name = signal.Signals(signum).name
+    return Interrupted(f"{name}: stopped {self.name} {where}; saved the checkpoint "
+                       f"{checkpoints.directory}/{checkpoints.latest_epoch()}. Rerun the same command "
+                       "to resume from exactly there.", signum)
+
+
+def _to_host(metrics: dict) -> dict:
+  """One step's fetched metrics as JSON: [value, dtype] per key (restored bit for bit)."""
+  return {k: [float(v), str(np.asarray(v).dtype)] for k, v in metrics.items()}
+
+
+def _from_host(metrics: dict) -> dict:
+  return {k: np.asarray(v, dtype=dtype) for k, (v, dtype) in metrics.items()}

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import functools
 import json
 import math
@@ -170,9 +171,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   """Trains `config.model` with `config.method` (its missing teachers first); returns results.json.
 
   A workdir started with another config is refused (`workdir.check_config`) unless
-  `accept_config_change`.
+  `accept_config_change`. SIGTERM/SIGINT (preemption, Ctrl-C) stop the run at the end of the
+  step in flight with a checkpoint of it (`loop.Interrupted`); rerunning resumes there.
   """
   workdir = os.path.abspath(workdir)
+  try:
+    with loop.stop_on_signals(loop.StopRequest()) as stop:
+      return _train_all(config, workdir, accept_config_change, stop)
+  except OSError as e:
+    if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+      raise
+    raise ckpt_lib.DiskFullError(f"no space left on the device of {e.filename or workdir}; the last "
+                                 "checkpoint is intact. Free some space and rerun the same command to "
+                                 "resume.") from None
+
+
+def _train_all(config: ml_collections.ConfigDict, workdir: str, accept_config_change: bool,
+               stop: loop.StopRequest) -> dict[str, Any]:
+  """`train_and_evaluate` with the signal handlers in place."""
   if _finished(config, workdir) is None:
     check_config(config, jax.device_count())  # before any teacher trains for a run that cannot start
   runs = plan(config, workdir) if _finished(config, workdir) is None else [(config, workdir)]
@@ -181,8 +197,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                  "reuses it).", teacher_config.model, path)
     loop.log(f"[kdjax] no teacher checkpoint given (config.teacher.checkpoint): training "
              f"{teacher_config.model} on {teacher_config.data.name} into {path} first; later runs reuse it.")
-    _train_one(teacher_config, path)
-  return _train_one(config, workdir, accept_config_change)
+    _train_one(teacher_config, path, stop=stop)
+  return _train_one(config, workdir, accept_config_change, stop=stop)
 
 
 def _finished(config: ml_collections.ConfigDict, workdir: str) -> Optional[dict[str, Any]]:
@@ -196,7 +212,7 @@ def _finished(config: ml_collections.ConfigDict, workdir: str) -> Optional[dict[
 
 
 def _run_prestage(config, method: methods_lib.Method, dataset, mesh, workdir: str,
-                  teachers: list[teachers_lib.Teacher]) -> step_lib.TrainState:
+                  teachers: list[teachers_lib.Teacher], stop: loop.StopRequest) -> step_lib.TrainState:
   """Runs (or resumes, or reuses) the method's prestage under `<workdir>/prestage`; its final state."""
   prestage = method.prestage
   update = prestage.update
@@ -216,7 +232,7 @@ def _run_prestage(config, method: methods_lib.Method, dataset, mesh, workdir: st
   writer = loop.Writer(directory, config.progress_bar)
   try:
     fitter = loop.Fitter(pre_config, run, dataset, mesh, directory, f"{config.method} prestage", variables)
-    state, _ = fitter.fit(state, history, checkpoints, writer)
+    state, _ = fitter.fit(state, history, checkpoints, writer, stop=stop)
   finally:
     writer.close()
     checkpoints.close()
@@ -236,18 +252,18 @@ def _teacher_top1(fitter: loop.Fitter, run: Run, mesh, dataset, teachers) -> lis
   return tops
 
 
-def _train_one(config: ml_collections.ConfigDict, workdir: str,
-               accept_config_change: bool = False) -> dict[str, Any]:
+def _train_one(config: ml_collections.ConfigDict, workdir: str, accept_config_change: bool = False,
+               *, stop: loop.StopRequest) -> dict[str, Any]:
   """One run whose teachers exist: prestage, resumable main training, export, results.json."""
   workdir_lib.prepare(workdir)
   # Process 0 speaks for the run: the other hosts of a multi-host run share its workdir.
   with workdir_lib.hold(workdir) if jax.process_index() == 0 else contextlib.nullcontext():
     if jax.process_index() == 0:
       workdir_lib.check_config(workdir, config, accept_config_change)
-    return _train_held(config, workdir)
+    return _train_held(config, workdir, stop)
 
 
-def _train_held(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+def _train_held(config: ml_collections.ConfigDict, workdir: str, stop: loop.StopRequest) -> dict[str, Any]:
   """`_train_one` once the workdir is held and its config checked."""
   done = _finished(config, workdir)
   if done is not None:
@@ -265,7 +281,7 @@ def _train_held(config: ml_collections.ConfigDict, workdir: str) -> dict[str, An
   checkpoints = ckpt_lib.TrainStateCheckpoints(os.path.join(workdir, "checkpoints"))
   prestaged = None
   if method.prestage is not None and checkpoints.latest_epoch() is None:
-    prestaged = _run_prestage(config, method, dataset, mesh, workdir, teachers)
+    prestaged = _run_prestage(config, method, dataset, mesh, workdir, teachers, stop)
   run = build(config, dataset, mesh, modules, teacher_vars, method=method, teacher_inputs=inputs)
   state = run.state
   if prestaged is not None:
@@ -276,7 +292,9 @@ def _train_held(config: ml_collections.ConfigDict, workdir: str) -> dict[str, An
   history = loop.new_history()
   if checkpoints.latest_epoch() is not None:
     state, history = checkpoints.restore(state)
-    loop.log(f"[kdjax] resumed from {workdir} after epoch {checkpoints.latest_epoch()}.")
+    steps = history.get("position", {}).get("steps", 0)
+    loop.log(f"[kdjax] resumed from {workdir} after epoch {len(history['epochs'])}"
+             + (f" and {steps} steps of the next." if steps else "."))
 
   fitter = loop.Fitter(config, run, dataset, mesh, workdir, run_name(config), teacher_vars)
   if teachers and "teacher_top1" not in history:
@@ -291,7 +309,7 @@ def _train_held(config: ml_collections.ConfigDict, workdir: str) -> dict[str, An
   writer = loop.Writer(workdir, config.progress_bar)
   history["wall_seconds"] = history.get("wall_seconds", 0.0) + (time.time() - t_start)
   try:
-    state, history = fitter.fit(state, history, checkpoints, writer, on_epoch_end=save_best)
+    state, history = fitter.fit(state, history, checkpoints, writer, on_epoch_end=save_best, stop=stop)
   finally:
     writer.close()
     checkpoints.close()
