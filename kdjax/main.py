@@ -29,6 +29,9 @@ _ACCEPT_CHANGE = flags.DEFINE_bool(
     "accept_config_change", False,
     "Resume a workdir although its run was started with another config (the new values apply "
     "from the resumed epoch on); without it such a resume is refused with the differing fields.")
+_TRACEBACK = flags.DEFINE_bool(
+    "traceback", False, "Debugging: let an error the trainer explains (bad config, damaged checkpoint, "
+    "full disk, preemption) end with its Python traceback instead of the one-line message.")
 _MULTIHOST = flags.DEFINE_enum(
     "multihost", "auto", ["auto", "on", "off"],
     "Call jax.distributed.initialize() before training. auto: when launched as several processes "
@@ -218,6 +221,8 @@ def _main(argv: list[str]) -> None:
   try:
     results = train.train_and_evaluate(config, workdir, accept_config_change=_ACCEPT_CHANGE.value)
   except UserError as e:
+    if _TRACEBACK.value:
+      raise
     if getattr(e, "hard_exit", False):  # a full disk: Orbax's failed writer threads would print at exit
       print(f"kdjax: error: {e}", file=sys.stderr, flush=True)
       sys.stdout.flush()

@@ -214,3 +214,14 @@ def test_sigterm_and_sigint_checkpoint_mid_epoch_and_random_kills_resume_bit_ide
   (va, log_a), (vb, log_b) = _final(a), _final(b)
   assert _same(va, vb)
   assert log_a == log_b and [r["epoch"] for r in log_b] == [1, 2, 3]
+
+
+def test_the_traceback_flag_shows_what_the_one_line_message_hides(tmp_path):
+  args = [sys.executable, "-m", "kdjax.main", "--config=configs/quickstart.py", "--config.model=resnet9",
+          f"--workdir={tmp_path / 'run'}"]
+  plain = subprocess.run(args, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+  assert plain.returncode == 2 and plain.stderr.strip().splitlines() == [
+      line for line in plain.stderr.strip().splitlines() if line.startswith("kdjax: error: unknown model")]
+  debug = subprocess.run(args + ["--traceback"], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+  assert debug.returncode != 0 and "Traceback (most recent call last)" in debug.stderr
+  assert "kdjax.errors.UserError: unknown model 'resnet9'" in debug.stderr
