@@ -1,4 +1,5 @@
 """Faults a long run meets: damaged checkpoints, a full disk, SIGTERM/SIGINT, kills at random moments."""
+import contextlib
 import json
 import os
 import random
@@ -94,13 +95,21 @@ def test_a_checkpoint_from_before_digests_still_restores(tmp_path):
   assert _same(state, _state(1)) and history["epochs"] == [1, 2, 3]
 
 
-def test_a_full_disk_keeps_the_previous_checkpoint_and_leaves_no_partial_save(tmp_path, monkeypatch):
-  mount = tmp_path / "small"
+@contextlib.contextmanager
+def _small_disk(mount, mib: int):
+  """A `mib`-MiB tmpfs at `mount` for the block; the test is skipped where none can be mounted."""
   mount.mkdir()
-  made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mount)], capture_output=True)
+  made = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={mib}m", "tmpfs", str(mount)], capture_output=True)
   if made.returncode != 0:
-    pytest.skip(f"cannot mount an 8 MiB tmpfs here: {made.stderr.decode().strip()}")
+    pytest.skip(f"cannot mount a {mib} MiB tmpfs here: {made.stderr.decode().strip()}")
   try:
+    yield mount
+  finally:
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_a_full_disk_keeps_the_previous_checkpoint_and_leaves_no_partial_save(tmp_path, monkeypatch):
+  with _small_disk(tmp_path / "small", 8) as mount:
     directory = str(mount / "checkpoints")
     ckpts = checkpoint.TrainStateCheckpoints(directory)
     ckpts.save(1, _state(1), {"epochs": [1]})
@@ -116,8 +125,6 @@ def test_a_full_disk_keeps_the_previous_checkpoint_and_leaves_no_partial_save(tm
     ckpts.close()
     state, _ = checkpoint.TrainStateCheckpoints(directory).restore(_state(0))
     assert _same(state, _state(1))
-  finally:
-    subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 def test_the_metrics_log_follows_the_restored_history(tmp_path):
@@ -159,12 +166,7 @@ def uninterrupted(tmp_path_factory):
 
 def test_a_full_disk_during_a_run_ends_in_one_line_and_leaves_no_partial_files(tmp_path, uninterrupted):
   """A 4 MiB workdir holds the first epoch's checkpoint and best model (about 3 MiB), not the second."""
-  mount = tmp_path / "small"
-  mount.mkdir()
-  made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], capture_output=True)
-  if made.returncode != 0:
-    pytest.skip(f"cannot mount a 4 MiB tmpfs here: {made.stderr.decode().strip()}")
-  try:
+  with _small_disk(tmp_path / "small", 4) as mount:
     full = subprocess.run(_args(str(mount / "run"), uninterrupted[1]), cwd=ROOT, env=ENV,
                           capture_output=True, text=True, timeout=600)
     assert full.returncode == 2, full.stderr[-3000:]
@@ -174,8 +176,6 @@ def test_a_full_disk_during_a_run_ends_in_one_line_and_leaves_no_partial_files(t
     assert not [n for n in names if "orbax-checkpoint-tmp" in n], names
     steps = [int(n) for n in os.listdir(mount / "run" / "checkpoints") if n.isdigit()]
     assert steps, "the first epoch's checkpoint is kept"
-  finally:
-    subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 def test_sigterm_and_sigint_checkpoint_mid_epoch_and_random_kills_resume_bit_identically(tmp_path, uninterrupted):
