@@ -65,6 +65,64 @@ def test_kd_method_total_matches_torch():
   np.testing.assert_allclose(grad, ref_grad, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("temperature,kd_weight", [(2.0, 9.0), (3.0, 1.0)])
+def test_kd_with_logit_standardization_matches_torch(temperature, kd_weight):
+  """KD+LS: CE + W * T^2 KL of the z-scored logits (the release's KD with --logit-stand)."""
+  s, t, y = _logits(3)
+  cfg = recipes.base_config()
+  cfg.kd.temperature, cfg.kd.ce_weight, cfg.kd.kd_weight = temperature, 1.0, kd_weight
+  cfg.kd.logit_standardization = True
+  method = methods.get("kd", cfg)
+  total = lambda a: method.loss({}, {}, (a, {}), (t, {}), {"label": y}, _progress(0))[0]
+  value, grad = jax.value_and_grad(total)(s)
+  ref_value, ref_grad = _torch_value_and_grad(
+      lambda a, b, c: ref.cross_entropy(a, c) + kd_weight * ref.kd(ref.standardize(a), ref.standardize(b),
+                                                                  temperature), s, t, y)
+  np.testing.assert_allclose(value, ref_value, rtol=1e-5)
+  np.testing.assert_allclose(grad, ref_grad, rtol=1e-4, atol=1e-6)
+
+
+def test_dkd_with_logit_standardization_matches_torch():
+  s, t, y = _logits(5)
+  cfg = recipes.base_config()
+  cfg.dkd.alpha, cfg.dkd.beta, cfg.dkd.temperature, cfg.dkd.logit_standardization = 9.0, 81.0, 4.0, True
+  method = methods.get("dkd", cfg)
+  total = lambda a: method.loss({}, {}, (a, {}), (t, {}), {"label": y}, _progress(100))[0]
+  value, grad = jax.value_and_grad(total)(s)
+  ref_value, ref_grad = _torch_value_and_grad(
+      lambda a, b, c: ref.cross_entropy(a, c) + ref.dkd(ref.standardize(a), ref.standardize(b), c, 9.0, 81.0, 4.0),
+      s, t, y)
+  np.testing.assert_allclose(value, ref_value, rtol=1e-5)
+  np.testing.assert_allclose(grad, ref_grad, rtol=1e-4, atol=1e-5)
+
+
+def test_logit_standardization_makes_kd_blind_to_each_samples_logit_scale_and_shift():
+  s, t, _ = _logits(4)
+  rng = np.random.default_rng(4)
+  scale, shift = rng.uniform(0.2, 5.0, (s.shape[0], 1)), rng.normal(0, 10, (s.shape[0], 1))
+  ls_kd = lambda a, b: kd_lib.kd_loss(methods.base.standardize_logits(a), methods.base.standardize_logits(b), 2.0)
+  moved = (scale * s + shift).astype(np.float32)
+  np.testing.assert_allclose(ls_kd(moved, t), ls_kd(s, t), rtol=1e-4)
+  np.testing.assert_allclose(ls_kd(s, (scale * t - shift).astype(np.float32)), ls_kd(s, t), rtol=1e-4)
+  assert abs(float(kd_lib.kd_loss(moved, t, 2.0)) - float(kd_lib.kd_loss(s, t, 2.0))) > 1e-2  # plain KD is not
+  z = np.asarray(methods.base.standardize_logits(s))
+  np.testing.assert_allclose(z.mean(-1), 0.0, atol=1e-5)
+  np.testing.assert_allclose(z.std(-1, ddof=1), 1.0, rtol=1e-5)
+
+
+def test_kd_ls_config_carries_the_release_settings_and_numbers():
+  from experiments.repro import tables  # pylint: disable=import-outside-toplevel
+  ls = recipes.load_config_module("configs/kd_ls_cifar.py")
+  c = ls.get_config()
+  assert (c.method, c.teacher.arch, c.model) == ("kd", "resnet32x4", "resnet8x4")
+  assert (c.kd.temperature, c.kd.ce_weight, c.kd.kd_weight, c.kd.logit_standardization) == (2.0, 1.0, 9.0, True)
+  r50 = ls.get_config("ResNet50,MobileNetV2")
+  assert (r50.kd.temperature, r50.kd.kd_weight, r50.optim.lr) == (3.0, 1.0, 0.01)
+  assert set(ls.PAIRS) == set(tables.REPORTED["kd_ls_cifar"]) == set(tables.TABLES["ls"])
+  assert tables.REPORTED["kd_ls_cifar"]["resnet32x4,resnet8x4"] == 76.62
+  assert not recipes.load_config_module("configs/kd_cifar.py").get_config().kd.logit_standardization
+
+
 @pytest.mark.parametrize("epoch,factor", [(0, 1 / 20), (9, 10 / 20), (19, 1.0), (100, 1.0)])
 def test_dkd_method_total_and_warmup(epoch, factor):
   """mdistiller counts epochs from 1: the first epoch's distillation weight is 1/20."""

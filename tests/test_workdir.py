@@ -83,6 +83,17 @@ def test_a_record_written_before_fields_moved_still_resumes(tmp_path):
     workdir_lib.check_config(str(tmp_path), config)
 
 
+def test_a_record_from_before_a_method_field_existed_resumes_at_its_default(tmp_path):
+  config = recipes.load_config_module("configs/kd_cifar.py").get_config()
+  old = config.to_dict()
+  del old["kd"]["logit_standardization"]  # recorded before LS existed
+  (tmp_path / workdir_lib.RECORD).write_text(json.dumps(old))
+  workdir_lib.check_config(str(tmp_path), config)
+  config.kd.logit_standardization = True  # not the default: a different run
+  with pytest.raises(UserError, match="kd.logit_standardization"):
+    workdir_lib.check_config(str(tmp_path), config)
+
+
 def test_a_moved_field_on_the_command_line_says_where_it_went():
   from kdjax import main  # pylint: disable=import-outside-toplevel
   message = main.unknown_field(["kdjax", "--config=configs/ofd_cifar.py", "--config.teacher.bn_mode=eval"])

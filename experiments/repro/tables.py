@@ -29,9 +29,15 @@ TABLES: dict[str, tuple[str, ...]] = {
     "sftn": ("resnet32x4,resnet8x4", "wrn_40_2,wrn_16_2", "vgg13,vgg8", "resnet32x4,ShuffleV2"),
     "fkd": ("resnet32x4,resnet8x4", "wrn_40_2,wrn_16_2", "vgg13,vgg8", "resnet32x4,ShuffleV2"),
     "afd": ("resnet32,resnet32",),
+    # Logit standardization (CVPR 2024): the 14 pairs of its README's KD+LS rows, KD beside it.
+    "ls": ("resnet32x4,resnet8x4", "vgg13,vgg8", "wrn_40_2,wrn_40_1", "wrn_40_2,wrn_16_2",
+           "resnet56,resnet20", "resnet110,resnet32", "resnet110,resnet20", "resnet32x4,ShuffleV2",
+           "resnet32x4,wrn_16_2", "resnet32x4,wrn_40_2", "wrn_40_2,resnet8x4", "wrn_40_2,MobileNetV2",
+           "vgg13,MobileNetV2", "ResNet50,MobileNetV2"),
 }
 # The methods a table runs when --methods is not given (default: kd,dkd).
-TABLE_DEFAULT_METHODS = {"imagenet": "kd,dkd", "sftn": "kd,sftn", "fkd": "kd,fkd", "afd": "dml,kdcl,afd"}
+TABLE_DEFAULT_METHODS = {"imagenet": "kd,dkd", "sftn": "kd,sftn", "fkd": "kd,fkd", "afd": "dml,kdcl,afd",
+                         "ls": "kd,kd_ls"}
 # Which config files a table's methods come from (default: configs/<method>_cifar.py).
 TABLE_CONFIG_SUFFIX = {"imagenet": "_imagenet"}
 # The config whose epochs are the table's protocol length (default: the CIFAR teacher recipe).
@@ -65,6 +71,8 @@ TABLE_TITLES = {
     "sftn": "CIFAR-100, SFTN: KD from the standard teacher (`kd`) vs from the student-friendly "
             "teacher (`sftn`) (docs/sources.md [S1]; configs/sftn_cifar.py)",
     "fkd": "CIFAR-100, FKD vs KD (docs/sources.md [S2]; configs/fkd_cifar.py)",
+    "ls": "CIFAR-100, KD with logit standardization (`kd_ls`) vs KD (docs/sources.md [S5]; "
+          "configs/kd_ls_cifar.py)",
     "afd": "CIFAR-100, online distillation: AFD vs DML and KDCL, two networks trained together "
            "(docs/sources.md [S3]; configs/afd_cifar.py); cells are the ensemble's top-1, results.json "
            "has each network's",
@@ -230,6 +238,13 @@ REPORTED: dict[str, dict[str, float]] = {
      'resnet32x4,ShuffleV2': 74.45,
      'wrn_40_2,ShuffleV1': 74.83},
     # mdistiller README (best epoch, mean of 3 runs; docs/protocol.md §4.4)
+    # Logit standardization's README (docs/sources.md [S5]): the KD+Ours rows; epoch not stated.
+    'kd_ls_cifar': {'resnet32x4,resnet8x4': 76.62, 'vgg13,vgg8': 74.36, 'wrn_40_2,wrn_40_1': 74.37,
+                    'wrn_40_2,wrn_16_2': 76.11, 'resnet56,resnet20': 71.43, 'resnet110,resnet32': 74.17,
+                    'resnet110,resnet20': 71.48, 'resnet32x4,ShuffleV2': 75.56,
+                    'resnet32x4,wrn_16_2': 75.26, 'resnet32x4,wrn_40_2': 77.92,
+                    'wrn_40_2,resnet8x4': 77.11, 'wrn_40_2,MobileNetV2': 69.23,
+                    'vgg13,MobileNetV2': 68.61, 'ResNet50,MobileNetV2': 69.02},
     'kd_imagenet': {'imagenet_resnet34,imagenet_resnet18': 71.03, 'imagenet_resnet50,imagenet_mobilenetv1': 70.5},
     # none recorded (docs/methods.md §7.16)
     'kdcl_cifar': {},
@@ -355,6 +370,7 @@ REPORTED_METRIC: dict[str, str] = {'afd_cifar': 'unknown',
  'crd_cifar': 'last',
  'dkd_imagenet': 'best',
  'kd_imagenet': 'best',
+ 'kd_ls_cifar': 'unknown',
  'ofd_cifar': 'best',
  'reviewkd_cifar': 'best',
  'reviewkd_imagenet': 'best',

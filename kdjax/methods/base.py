@@ -170,6 +170,15 @@ def ensemble_logits(teacher_out: Any) -> jax.Array:
   return sum(at_least_f32(o[0]) for o in outs) / len(outs)
 
 
+def standardize_logits(logits: jax.Array) -> jax.Array:
+  """Logit standardization (Sun et al., CVPR 2024): each sample's logits z-scored over the classes,
+  (z - mean) / (1e-7 + std) with the unbiased (n - 1) std, as the official code computes it."""
+  z = at_least_f32(logits)
+  mean = jnp.mean(z, axis=-1, keepdims=True)
+  std = jnp.std(z, axis=-1, keepdims=True, ddof=1)
+  return (z - mean) / (1e-7 + std)
+
+
 def warmup_factor(progress: Progress, warmup_epochs: float, epoch_base: int) -> jax.Array:
   """min(epoch / warmup, 1) with the epoch counted from `epoch_base` (mdistiller: 1)."""
   if warmup_epochs <= 0:

@@ -14,6 +14,9 @@ the binary log-probabilities are log-sum-exps of logits, and NCKD gathers the
 C-1 non-target logits instead of masking, so value and gradient stay finite for
 any finite logits and temperature.
 
+Logit standardization (`config.dkd.logit_standardization`, Sun et al., CVPR 2024): both
+sides' logits are z-scored per sample before the temperature, as in KD+LS (kd.py).
+
 Ensembles (`config.teachers`, `multi_teacher=True`): the teacher logits are the
 teachers' mean logits (`base.ensemble_logits`), decoupled like one teacher's; with
 one teacher they are its logits, so single-teacher DKD is unchanged.
@@ -70,19 +73,22 @@ def dkd_loss(student_logits: jax.Array, teacher_logits: jax.Array, labels: jax.A
 
 # mdistiller `engine/cfg.py`; warmup_epoch_base 1: epochs counted from 1, so epoch 1 gets 1/20.
 @registry.register("dkd", defaults=dict(alpha=1.0, beta=8.0, temperature=4.0, ce_weight=1.0,
-                                        warmup_epochs=20.0, warmup_epoch_base=1))
+                                        warmup_epochs=20.0, warmup_epoch_base=1,
+                                        logit_standardization=False))
 def make(cfg: ml_collections.ConfigDict) -> base.Method:
-  """DKD with `cfg.dkd.{alpha, beta, temperature, ce_weight, warmup_epochs, warmup_epoch_base}`."""
+  """DKD with `cfg.dkd.{alpha, beta, temperature, ce_weight, warmup_epochs, warmup_epoch_base,
+  logit_standardization}`."""
   c = cfg.dkd
   alpha, beta, t, w_ce = float(c.alpha), float(c.beta), float(c.temperature), float(c.ce_weight)
   warmup, epoch_base = float(c.warmup_epochs), int(c.warmup_epoch_base)
+  prepare = base.standardize_logits if bool(c.logit_standardization) else (lambda z: z)
 
   def loss(params, state, student_out, teacher_out, batch, progress):
     del params
     labels = batch["label"]
     ce = base.cross_entropy(student_out[0], labels)
-    dkd, tckd, nckd = dkd_loss(student_out[0], base.ensemble_logits(teacher_out), labels, alpha,
-                               beta, t)
+    dkd, tckd, nckd = dkd_loss(prepare(student_out[0]), prepare(base.ensemble_logits(teacher_out)), labels,
+                               alpha, beta, t)
     ramp = base.warmup_factor(progress, warmup, epoch_base)
     metrics = {"loss_ce": ce, "loss_dkd": dkd, "loss_tckd": tckd, "loss_nckd": nckd,
                "dkd_warmup": ramp}

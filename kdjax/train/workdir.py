@@ -66,6 +66,12 @@ def _upgrade(flat: dict[str, Any], now: dict[str, Any]) -> dict[str, Any]:
   moved_to = f"{flat.get('method')}.teacher_bn_mode"
   if bn_mode is not None and moved_to in now and moved_to not in flat:
     flat[moved_to] = bn_mode
+  # A method field added since the record was written (e.g. kd.logit_standardization) at its
+  # default is what the run computed then: a default never changes what existed before it.
+  defaults = _flat(methods_lib.registry.defaults())
+  for key, value in now.items():
+    if key not in flat and key in defaults and defaults[key] == value:
+      flat[key] = value
   return flat
 
 

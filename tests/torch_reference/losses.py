@@ -15,6 +15,11 @@ def kd(student_logits, teacher_logits, temperature):
   return F.kl_div(log_ps, pt, reduction="none").sum(1).mean() * temperature**2
 
 
+def standardize(logits):
+  """Logit standardization's z-score, as its release writes it: torch's (unbiased) std, + 1e-7."""
+  return (logits - logits.mean(dim=-1, keepdim=True)) / (1e-7 + logits.std(dim=-1, keepdim=True))
+
+
 def _masks(logits, target):
   gt = torch.zeros_like(logits).scatter_(1, target.unsqueeze(1), 1.0).bool()
   return gt, ~gt
