@@ -179,6 +179,11 @@ def standardize_logits(logits: jax.Array) -> jax.Array:
   return (z - mean) / (1e-7 + std)
 
 
+def logit_preprocess(standardize: bool) -> Callable[[jax.Array], jax.Array]:
+  """What a logit method applies to both sides' logits: `standardize_logits` with LS on, else nothing."""
+  return standardize_logits if standardize else (lambda z: z)
+
+
 def warmup_factor(progress: Progress, warmup_epochs: float, epoch_base: int) -> jax.Array:
   """min(epoch / warmup, 1) with the epoch counted from `epoch_base` (mdistiller: 1)."""
   if warmup_epochs <= 0:

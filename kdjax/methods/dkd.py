@@ -81,7 +81,7 @@ def make(cfg: ml_collections.ConfigDict) -> base.Method:
   c = cfg.dkd
   alpha, beta, t, w_ce = float(c.alpha), float(c.beta), float(c.temperature), float(c.ce_weight)
   warmup, epoch_base = float(c.warmup_epochs), int(c.warmup_epoch_base)
-  prepare = base.standardize_logits if bool(c.logit_standardization) else (lambda z: z)
+  prepare = base.logit_preprocess(bool(c.logit_standardization))
 
   def loss(params, state, student_out, teacher_out, batch, progress):
     del params

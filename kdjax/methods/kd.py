@@ -38,7 +38,7 @@ def kd_loss(student_logits: jax.Array, teacher_logits: jax.Array, temperature: f
 def make(cfg: ml_collections.ConfigDict) -> base.Method:
   """KD with `cfg.kd.{temperature, ce_weight, kd_weight, logit_standardization}` (CIFAR: 4, 0.1, 0.9, off)."""
   t, w_ce, w_kd = float(cfg.kd.temperature), float(cfg.kd.ce_weight), float(cfg.kd.kd_weight)
-  prepare = base.standardize_logits if bool(cfg.kd.logit_standardization) else (lambda z: z)
+  prepare = base.logit_preprocess(bool(cfg.kd.logit_standardization))
 
   def loss(params, state, student_out, teacher_out, batch, progress):
     del params, progress
