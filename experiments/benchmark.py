@@ -99,12 +99,13 @@ def main(argv):
   else:
     dataset = _synthetic_cifar(max(steps * _BATCH.value, 5000))
   mesh = train.make_mesh(jax.devices())
-  teacher = tvars = None
+  teachers = []
   if _TEACHER.value:
     teacher = models.get(_TEACHER.value, num_classes=dataset.num_classes, dtype=models.compute_dtype(config.dtype))
     x = np.zeros((1, *data.image_shape(dataset)), np.float32)
-    tvars = jax.jit(teacher.init)(jax.random.key(1), x)
-  run = train.build(config, dataset, mesh, teacher, tvars)
+    teachers = [train.Teacher(teacher, jax.jit(teacher.init)(jax.random.key(1), x))]
+  run = train.build(config, dataset, mesh, teachers)
+  tvars = run.teacher_vars
   images, labels, perm = _step_inputs(config, dataset, run, mesh)
   state = run.state
 

@@ -649,11 +649,11 @@ for method, teacher_arch, student, resume in json.loads(sys.argv[1]):
   tvars = jax.tree_util.tree_map_with_path(
       lambda p, v: rng.normal(0.5, 0.7, v.shape).astype(v.dtype)
       if p[-1].key in ("scale", "bias") else v, tvars)
-  run = train.build(config, dataset, mesh, teacher, tvars)
+  run = train.build(config, dataset, mesh, [train.Teacher(teacher, tvars)])
   before = jax.device_get((run.state.params["method"], run.state.method_state))
   state, losses, perm = run.state, [], run.permute(jax.random.key(0))
   for _ in range(2):
-    state, metrics = run.train_step(state, tvars, images, labels, perm)
+    state, metrics = run.train_step(state, run.teacher_vars, images, labels, perm)
     losses.append(float(metrics["loss"]))
   after = jax.device_get((state.params["method"], state.method_state))
   r = {"losses": losses, "term": float(metrics["loss_" + method]),
@@ -668,14 +668,14 @@ for method, teacher_arch, student, resume in json.loads(sys.argv[1]):
       ckpt.save(1, state, {"epoch": 1})
       template = jax.tree.map(jax.numpy.copy, state)
       for _ in range(2):
-        state, _ = run.train_step(state, tvars, images, labels, perm)
+        state, _ = run.train_step(state, run.teacher_vars, images, labels, perm)
       straight = jax.device_get(state)
       restored, history = ckpt.restore(template)
       ckpt.close()
       same_restore = all(np.array_equal(a, b) for a, b in zip(leaves(jax.device_get(restored)),
                                                              leaves(jax.device_get(template))))
       for _ in range(2):
-        restored, _ = run.train_step(restored, tvars, images, labels, perm)
+        restored, _ = run.train_step(restored, run.teacher_vars, images, labels, perm)
       resumed = jax.device_get(restored)
     r["resume_equal"] = same_restore and all(
         np.array_equal(a, b) for a, b in zip(leaves(straight), leaves(resumed)))

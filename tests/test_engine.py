@@ -26,10 +26,11 @@ def _flat(tree):
 
 
 def _one_step(method, config, dataset, teacher=None, tvars=None):
-  run = train.build(config, dataset, train.make_mesh(jax.devices()[:1]), teacher, tvars, method=method)
+  teachers = [train.Teacher(teacher, tvars)] if teacher is not None else []
+  run = train.build(config, dataset, train.make_mesh(jax.devices()[:1]), teachers, method=method)
   images, labels = jnp.asarray(dataset.train_images), jnp.asarray(dataset.train_labels)
   before = jax.device_get(run.state.params)  # the step donates the state's buffers
-  state, metrics = run.train_step(run.state, tvars, images, labels, run.permute(jax.random.key(0)))
+  state, metrics = run.train_step(run.state, run.teacher_vars, images, labels, run.permute(jax.random.key(0)))
   return before, state, metrics
 
 
@@ -114,13 +115,14 @@ def test_teacher_batch_stats_mode_uses_batch_statistics():
   x = jnp.asarray(np.random.default_rng(0).standard_normal((4, 32, 32, 3)), jnp.float32)
   variables = module.init(jax.random.key(0), x, train=False)
   mean, std = (0.0,) * 3, (1.0,) * 3
-  fwd = train.make_teacher_forward(module, mean=mean, std=std, bn_mode="batch_stats")
+  teachers = [train.Teacher(module, variables)]
+  fwd = train.make_teacher_forward(teachers, mean=mean, std=std, bn_mode="batch_stats")
   expected, _ = module.apply(variables, x, train=True, mutable=["batch_stats"])
-  np.testing.assert_allclose(np.asarray(fwd(variables, x, jax.random.key(0))[0]), np.asarray(expected[0]),
+  np.testing.assert_allclose(np.asarray(fwd((variables,), x, jax.random.key(0))[0]), np.asarray(expected[0]),
                              rtol=1e-6)
-  eval_fwd = train.make_teacher_forward(module, mean=mean, std=std, bn_mode="eval")
-  assert not np.allclose(np.asarray(eval_fwd(variables, x, None)[0]), np.asarray(expected[0]))
-  grad = jax.grad(lambda v: jnp.sum(fwd(v, x, jax.random.key(0))[0]))(variables)
+  eval_fwd = train.make_teacher_forward(teachers, mean=mean, std=std, bn_mode="eval")
+  assert not np.allclose(np.asarray(eval_fwd((variables,), x, None)[0]), np.asarray(expected[0]))
+  grad = jax.grad(lambda v: jnp.sum(fwd((v,), x, jax.random.key(0))[0]))(variables)
   assert all(float(jnp.abs(g).max()) == 0.0 for g in jax.tree.leaves(grad))
 
 
@@ -224,3 +226,21 @@ def test_streaming_dataset_trains_and_evaluates(tmp_path, monkeypatch):
   top1 = 100.0 * np.mean(np.argmax(np.asarray(logits), -1) == streaming.base.test_labels)
   assert results["last_top1"] == pytest.approx(top1, abs=1e-6)
   assert steps > 0
+
+
+def test_passes_and_teachers_are_sequences():
+  """One optimizer per pass as a tuple (a bare transformation is refused, not split in two);
+  several teachers reach a method as a list only when the run names an ensemble."""
+  params = {"w": jnp.zeros(2)}
+  with pytest.raises(TypeError, match="one optimizer per pass"):
+    train.init_opt_state(optax.sgd(0.1), params)
+  assert jax.tree.leaves(train.init_opt_state((optax.sgd(0.1, momentum=0.9),), params))  # bare state, 1 pass
+  module = models.get("resnet8", num_classes=10)
+  x = jnp.zeros((2, 32, 32, 3), jnp.float32)
+  variables = module.init(jax.random.key(0), x, train=False)
+  two = [train.Teacher(module, variables), train.Teacher(module, variables)]
+  with pytest.raises(ValueError, match="ensemble=True"):
+    train.make_teacher_forward(two, mean=(0.0,) * 3, std=(1.0,) * 3)
+  outs = train.make_teacher_forward(two, mean=(0.0,) * 3, std=(1.0,) * 3, ensemble=True)(
+      (variables, variables), x, jax.random.key(0))
+  assert isinstance(outs, list) and len(outs) == 2

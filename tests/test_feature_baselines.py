@@ -289,12 +289,12 @@ for method, teacher_arch, student in json.loads(sys.argv[1]):
     x = np.zeros((1, 32, 32, 3), np.float32)
     teachers[teacher_arch] = module, jax.jit(module.init)(jax.random.key(1), x)
   teacher, tvars = teachers[teacher_arch]
-  run = train.build(config, dataset, mesh, teacher, tvars)
+  run = train.build(config, dataset, mesh, [train.Teacher(teacher, tvars)])
   before = jax.device_get((run.state.params["method"], run.state.method_state))
   alphas = [v["alpha"] for v in before[0].values()] if method == "vid" else []
   state, losses, perm = run.state, [], run.permute(jax.random.key(0))
   for _ in range(2):
-    state, metrics = run.train_step(state, tvars, images, labels, perm)
+    state, metrics = run.train_step(state, run.teacher_vars, images, labels, perm)
     losses.append(float(metrics["loss"]))
   after = jax.device_get((state.params["method"], state.method_state))
   out["/".join((method, teacher_arch, student))] = {

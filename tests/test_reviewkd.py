@@ -334,7 +334,8 @@ def test_two_train_steps_update_abf_and_its_bn_stats(teacher, student):
   dataset = data.load("digits")
   teacher_model = models.get(teacher, num_classes=dataset.num_classes)
   tvars = _random_teacher_variables(teacher_model, 1)
-  run = train.build(config, dataset, train.make_mesh(jax.devices()[:1]), teacher_model, tvars)
+  run = train.build(config, dataset, train.make_mesh(jax.devices()[:1]),
+                    [train.Teacher(teacher_model, tvars)])
   state = run.state
   # The step donates its state: keep host copies of what is compared.
   abf0, stats0 = jax.device_get((state.params["method"], state.method_state["batch_stats"]))
@@ -342,9 +343,9 @@ def test_two_train_steps_update_abf_and_its_bn_stats(teacher, student):
   images, labels = jnp.asarray(dataset.train_images), jnp.asarray(dataset.train_labels)
   perm = run.permute(jax.random.key(0))
   lr, wd = float(run.lr_fn(0)), config.optim.weight_decay
-  state, m1 = run.train_step(state, tvars, images, labels, perm)
+  state, m1 = run.train_step(state, run.teacher_vars, images, labels, perm)
   abf1, stats1 = jax.device_get((state.params["method"], state.method_state["batch_stats"]))
-  state, m2 = run.train_step(state, tvars, images, labels, perm)
+  state, m2 = run.train_step(state, run.teacher_vars, images, labels, perm)
   for m in (m1, m2):
     assert np.isfinite(float(m["loss"])) and float(m["loss_reviewkd"]) > 0
     assert float(m["reviewkd_warmup"]) == 1.0

@@ -73,7 +73,7 @@ def _kdjax_setup(method_name, teacher_vars, student_vars, steps_per_epoch):
                            nonfinite_step=-jnp.ones((), jnp.int32))
   mesh = train.make_mesh(jax.devices()[:1])
   step = jax.jit(train.make_train_step(
-      student, method, tx, lr_fn, teacher, batch_size=BATCH, steps_per_epoch=steps_per_epoch,
+      student, method, (tx,), lr_fn, [train.Teacher(teacher, teacher_vars)], batch_size=BATCH, steps_per_epoch=steps_per_epoch,
       mean=MEAN, std=STD, crop_padding=0, flip=False, aug_key=jax.random.key(0),
       batch_sharding=jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))))
   return state, step
@@ -90,7 +90,7 @@ def _run_both(method_name, num_steps, steps_per_epoch, torch_dtype=torch.float32
   jimages, jlabels = jnp.asarray(images), jnp.asarray(labels)
   jax_losses = []
   for _ in range(num_steps):
-    state, metrics = step(state, teacher_vars, jimages, jlabels, perm)
+    state, metrics = step(state, (teacher_vars,), jimages, jlabels, perm)
     jax_losses.append(float(metrics["loss"]))
 
   opt = torch.optim.SGD(student_t.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)

@@ -45,7 +45,7 @@ def _teacher():
   for epoch in range(TEACHER_EPOCHS):
     perm = run.permute(jax.random.fold_in(run.data_key, epoch))
     for _ in range(run.steps_per_epoch):
-      state, _ = run.train_step(state, None, images, labels, perm)
+      state, _ = run.train_step(state, run.teacher_vars, images, labels, perm)
   assert int(state.nonfinite_step) == -1
   variables = jax.device_get({"params": state.params["student"], "batch_stats": state.batch_stats})
   module = models.get(study.TEACHER, num_classes=dataset.num_classes)
@@ -64,7 +64,7 @@ def _dkd_losses(temperature, lr=None):
     config.optim.lr = lr
   dataset = data.load("digits")
   teacher, tvars = _teacher()
-  run = train.build(config, dataset, train.make_mesh(jax.devices()[:1]), teacher, tvars)
+  run = train.build(config, dataset, train.make_mesh(jax.devices()[:1]), [train.Teacher(teacher, tvars)])
   state = run.state
   images, labels = jax.numpy.asarray(dataset.train_images), jax.numpy.asarray(dataset.train_labels)
   losses = []
@@ -72,7 +72,7 @@ def _dkd_losses(temperature, lr=None):
   while len(losses) < DKD_STEPS:
     perm = run.permute(jax.random.fold_in(run.data_key, epoch))
     for _ in range(run.steps_per_epoch):
-      state, metrics = run.train_step(state, tvars, images, labels, perm)
+      state, metrics = run.train_step(state, run.teacher_vars, images, labels, perm)
       losses.append(metrics["loss"])
     epoch += 1
   return np.asarray(jax.device_get(losses)), int(state.nonfinite_step)

@@ -105,13 +105,13 @@ tvars = jax.jit(teacher.init)(jax.random.key(1), np.zeros((1, 32, 32, 3), np.flo
 out = {}
 for n in (4, 1):
   mesh = train.make_mesh(jax.devices()[:n])
-  run = train.build(config, dataset, mesh, teacher, tvars)
+  run = train.build(config, dataset, mesh, [train.Teacher(teacher, tvars)])
   state = run.state
   images, labels = jax.numpy.asarray(dataset.train_images), jax.numpy.asarray(dataset.train_labels)
   perm = run.permute(jax.random.key(0))
   losses = []
   for _ in range(3):
-    state, metrics = run.train_step(state, tvars, images, labels, perm)
+    state, metrics = run.train_step(state, run.teacher_vars, images, labels, perm)
     losses.append(float(metrics["loss"]))
   leaves = [np.asarray(x).ravel() for x in jax.tree.leaves((state.params, state.batch_stats))]
   out[n] = (losses, np.concatenate(leaves))
@@ -175,14 +175,14 @@ def test_nonfinite_loss_skips_the_update_and_stops_the_run():
                               loss=lambda p, s, out, t, y, prog: (jnp.nan * jnp.sum(out[0]), {}, s))
   lr_fn = train.create_learning_rate_fn(config, 10)
   tx = train.create_optimizer(config, lr_fn)
-  state = train.create_train_state(jax.random.key(0), model, nan_method, tx, (32, 32, 3))
+  state = train.create_train_state(jax.random.key(0), model, nan_method, (tx,), (32, 32, 3))
   mesh = train.make_mesh(jax.devices()[:1])
   step = jax.jit(train.make_train_step(
-      model, nan_method, tx, lr_fn, None, batch_size=8, steps_per_epoch=10, mean=dataset.mean,
+      model, nan_method, (tx,), lr_fn, batch_size=8, steps_per_epoch=10, mean=dataset.mean,
       std=dataset.std, crop_padding=4, flip=True, aug_key=jax.random.key(1),
       batch_sharding=jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))))
   before = jax.tree.map(np.asarray, state.params)
-  new_state, _ = step(state, None, jnp.asarray(dataset.train_images), jnp.asarray(dataset.train_labels),
+  new_state, _ = step(state, (), jnp.asarray(dataset.train_images), jnp.asarray(dataset.train_labels),
                       jnp.arange(80))
   assert int(new_state.nonfinite_step) == 0 and int(new_state.step) == 1
   jax.tree.map(np.testing.assert_array_equal, before, jax.tree.map(np.asarray, new_state.params))

@@ -175,15 +175,14 @@ class Writer:
 class Fitter:
   """The epoch loop of one phase over the data of one run, resumable at any epoch."""
 
-  def __init__(self, config, run, dataset: data_lib.Dataset, mesh, workdir: str, name: str,
-               teacher_vars=None):
+  def __init__(self, config, run, dataset: data_lib.Dataset, mesh, workdir: str, name: str):
     self.config, self.run, self.workdir, self.name = config, run, workdir, name
     self.dataset = dataset
     self.streaming = data_lib.is_streaming(dataset)
     replicated = NamedSharding(mesh, P())
     self.batch_sharding = NamedSharding(mesh, P("data"))
     put = lambda a: jax.device_put(a, replicated)
-    self.teacher_vars = put(teacher_vars) if teacher_vars is not None else None
+    self.teacher_vars = put(run.teacher_vars)
     if self.streaming:
       self.num_test = int(dataset.num_test)
       return

@@ -66,20 +66,21 @@ def create_optimizers(config: ml_collections.ConfigDict, method: methods_base.Me
   return tuple(txs), schedules[0]
 
 
-def as_passes(tx) -> tuple[optax.GradientTransformation, ...]:
-  """`tx` as a tuple with one transformation per pass (a single transformation is one pass)."""
-  if isinstance(tx, optax.GradientTransformation) or not isinstance(tx, (list, tuple)):
-    return (tx,)
-  return tuple(tx)
+def as_passes(txs: Sequence[optax.GradientTransformation]) -> tuple[optax.GradientTransformation, ...]:
+  """`txs` (one transformation per pass) as a tuple; a bare transformation is refused."""
+  # A GradientTransformation is itself a 2-tuple (init, update), so tuple() would split it.
+  if isinstance(txs, optax.GradientTransformation) or not isinstance(txs, (list, tuple)):
+    raise TypeError("pass one optimizer per pass as a tuple, e.g. (tx,) for a single-pass method")
+  return tuple(txs)
 
 
-def init_opt_state(tx, params: PyTree) -> PyTree:
+def init_opt_state(txs: Sequence[optax.GradientTransformation], params: PyTree) -> PyTree:
   """Optimizer state for `params`: the single pass's own, or a tuple with one per pass.
 
   A single-pass method keeps its bare state (not a 1-tuple) so that checkpoints
   written before multi-pass methods existed still restore.
   """
-  txs = as_passes(tx)
+  txs = as_passes(txs)
   return txs[0].init(params) if len(txs) == 1 else tuple(t.init(params) for t in txs)
 
 

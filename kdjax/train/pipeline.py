@@ -18,7 +18,7 @@ import json
 import math
 import os
 import time
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 from absl import logging
 import jax
@@ -99,15 +99,16 @@ class Run:
   eval_batch_size: int
   data_key: jax.Array
   tx: tuple             # one optimizer per pass
+  teacher_vars: tuple   # one variables tree per teacher: the step's second argument
 
 
 def build(config: ml_collections.ConfigDict, dataset: data_lib.Dataset, mesh: jax.sharding.Mesh,
-          teacher_model=None, teacher_vars=None, *, method: Optional[methods_lib.Method] = None,
-          teacher_inputs=None) -> Run:
+          teachers: Sequence[teachers_lib.Teacher] = (), *,
+          method: Optional[methods_lib.Method] = None) -> Run:
   """Initial state and jitted step/eval functions for `config` on `mesh` (state replicated, batch sharded).
 
-  `teacher_model`/`teacher_vars`/`teacher_inputs` are as `teachers.step_inputs` gives
-  them: one teacher, or lists for an ensemble (`TeacherInput` None: same data).
+  `teachers` are the run's loaded teachers (`teachers.load_teachers`); the method sees
+  their outputs as a list when `config.teachers` names an ensemble.
   """
   replicated = NamedSharding(mesh, P())
   batch_sharding = NamedSharding(mesh, P("data"))
@@ -122,28 +123,28 @@ def build(config: ml_collections.ConfigDict, dataset: data_lib.Dataset, mesh: ja
   tx, lr_fn = optim.create_optimizers(config, method, steps_per_epoch)
 
   init_key, data_key, aug_key = jax.random.split(jax.random.key(config.seed), 3)
-  ensemble = isinstance(teacher_model, (list, tuple))
-  first_teacher_vars = None
-  if method.needs_teacher_variables and teacher_vars is not None:
-    first_teacher_vars = teacher_vars[0] if ensemble else teacher_vars
+  teachers = tuple(teachers)
+  teacher_vars = tuple(t.variables for t in teachers)
+  ensemble = teachers_lib.is_ensemble(config)
   data_info = {"num_train": num_train, "num_classes": dataset.num_classes,
                "train_labels": None if streaming else dataset.train_labels,
-               "teacher_variables": first_teacher_vars}
+               "teacher_variables": teacher_vars[0] if method.needs_teacher_variables and teachers else None}
   teacher_out_fn = None
-  if teacher_model is not None:
-    forward = teachers_lib.make_teacher_forward(teacher_model, mean=dataset.mean, std=dataset.std,
-                                                teacher_inputs=teacher_inputs, bn_mode="eval")
+  if teachers:
+    forward = teachers_lib.make_teacher_forward(teachers, mean=dataset.mean, std=dataset.std,
+                                                bn_mode="eval", ensemble=ensemble)
     teacher_out_fn = lambda x: forward(teacher_vars, x, jax.random.key(0))
-  state = jax.jit(functools.partial(step_lib.create_train_state, model=model, method=method, tx=tx,
+  state = jax.jit(functools.partial(step_lib.create_train_state, model=model, method=method, txs=tx,
                                     image_shape=data_lib.image_shape(dataset),
                                     teacher_out_fn=teacher_out_fn, data_info=data_info),
                   out_shardings=replicated)(init_key)
   train_step = jax.jit(
-      step_lib.make_train_step(model, method, tx, lr_fn, teacher_model, batch_size=config.batch_size,
+      step_lib.make_train_step(model, method, tx, lr_fn, teachers, ensemble=ensemble,
+                               batch_size=config.batch_size,
                                steps_per_epoch=steps_per_epoch, mean=dataset.mean, std=dataset.std,
                                crop_padding=config.data.crop_padding, flip=config.data.flip,
                                aug_key=aug_key, batch_sharding=batch_sharding,
-                               teacher_inputs=teacher_inputs, teacher_bn_mode=method.teacher_bn_mode,
+                               teacher_bn_mode=method.teacher_bn_mode,
                                views=method.views, streaming=streaming),
       out_shardings=(replicated, replicated), donate_argnums=(0,))
   permute = jax.jit(lambda key: jax.random.permutation(key, num_train), out_shardings=replicated)
@@ -153,7 +154,8 @@ def build(config: ml_collections.ConfigDict, dataset: data_lib.Dataset, mesh: ja
                                            std=dataset.std, batch_sharding=batch_sharding,
                                            streaming=streaming))
   return Run(state=state, train_step=train_step, permute=permute, evaluate=evaluate, lr_fn=lr_fn,
-             steps_per_epoch=steps_per_epoch, eval_batch_size=eval_bs, data_key=data_key, tx=tx)
+             steps_per_epoch=steps_per_epoch, eval_batch_size=eval_bs, data_key=data_key, tx=tx,
+             teacher_vars=teacher_vars)
 
 
 def plan(config: ml_collections.ConfigDict, workdir: str) -> list[tuple[ml_collections.ConfigDict, str]]:
@@ -220,8 +222,7 @@ def _run_prestage(config, method: methods_lib.Method, dataset, mesh, workdir: st
                                    optimizer=update.optimizer, extra_updates=(), prestage=None)
   pre_config = ml_collections.ConfigDict(config.to_dict())
   pre_config.epochs = prestage.epochs
-  modules, variables, inputs = teachers_lib.step_inputs(teachers, teachers_lib.is_ensemble(config))
-  run = build(pre_config, dataset, mesh, modules, variables, method=pre_method, teacher_inputs=inputs)
+  run = build(pre_config, dataset, mesh, teachers, method=pre_method)
   directory = os.path.join(workdir, "prestage")
   checkpoints = ckpt_lib.TrainStateCheckpoints(os.path.join(directory, "checkpoints"))
   state, history = run.state, loop.new_history()
@@ -231,7 +232,7 @@ def _run_prestage(config, method: methods_lib.Method, dataset, mesh, workdir: st
     loop.log(f"[kdjax] {config.method}: prestage of {prestage.epochs} epoch(s) into {directory}")
   writer = loop.Writer(directory, config.progress_bar)
   try:
-    fitter = loop.Fitter(pre_config, run, dataset, mesh, directory, f"{config.method} prestage", variables)
+    fitter = loop.Fitter(pre_config, run, dataset, mesh, directory, f"{config.method} prestage")
     state, _ = fitter.fit(state, history, checkpoints, writer, stop=stop)
   finally:
     writer.close()
@@ -274,7 +275,6 @@ def _train_held(config: ml_collections.ConfigDict, workdir: str, stop: loop.Stop
   method = methods_lib.get(config.method, config)
   dataset = load_dataset(config)
   teachers = teachers_lib.load_teachers(config, dataset, workdir, method) if method.needs_teacher else []
-  modules, teacher_vars, inputs = teachers_lib.step_inputs(teachers, teachers_lib.is_ensemble(config))
   t_start = time.time()  # a teacher trained on the way has its own results.json
 
   mesh = make_mesh(devices)
@@ -282,7 +282,7 @@ def _train_held(config: ml_collections.ConfigDict, workdir: str, stop: loop.Stop
   prestaged = None
   if method.prestage is not None and checkpoints.latest_epoch() is None:
     prestaged = _run_prestage(config, method, dataset, mesh, workdir, teachers, stop)
-  run = build(config, dataset, mesh, modules, teacher_vars, method=method, teacher_inputs=inputs)
+  run = build(config, dataset, mesh, teachers, method=method)
   state = run.state
   if prestaged is not None:
     # The main training starts from the prestage's parameters with a fresh optimizer.
@@ -296,7 +296,7 @@ def _train_held(config: ml_collections.ConfigDict, workdir: str, stop: loop.Stop
     loop.log(f"[kdjax] resumed from {workdir} after epoch {len(history['epochs'])}"
              + (f" and {steps} steps of the next." if steps else "."))
 
-  fitter = loop.Fitter(config, run, dataset, mesh, workdir, run_name(config), teacher_vars)
+  fitter = loop.Fitter(config, run, dataset, mesh, workdir, run_name(config))
   if teachers and "teacher_top1" not in history:
     tops = _teacher_top1(fitter, run, mesh, dataset, teachers)
     if tops:

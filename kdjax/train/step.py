@@ -38,7 +38,8 @@ class TrainState:
   nonfinite_step: jax.Array
 
 
-def create_train_state(rng: jax.Array, model, method: methods_lib.Method, tx,
+def create_train_state(rng: jax.Array, model, method: methods_lib.Method,
+                       txs: Sequence[optax.GradientTransformation],
                        image_shape: tuple[int, ...], teacher_out_fn=None,
                        data_info: Optional[dict[str, Any]] = None) -> TrainState:
   """Initialises the student, the method's own parameters/state and the optimizer."""
@@ -51,7 +52,7 @@ def create_train_state(rng: jax.Array, model, method: methods_lib.Method, tx,
   params = {"student": variables["params"], "method": method_params}
   return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                     batch_stats=variables.get("batch_stats", {}), method_state=method_state,
-                    opt_state=optim.init_opt_state(tx, params), nonfinite_step=-jnp.ones((), jnp.int32))
+                    opt_state=optim.init_opt_state(txs, params), nonfinite_step=-jnp.ones((), jnp.int32))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,7 +62,7 @@ class StepSpec:
   passes: tuple[methods_lib.Update, ...]  # the method's main loss, then its extra updates
   txs: tuple[optax.GradientTransformation, ...]  # one (masked) optimizer per pass
   lr_fn: optax.Schedule
-  teacher_forward: Optional[Callable]  # (teacher_vars, x, key) -> teacher_out, or None
+  teacher_forward: Optional[Callable]  # (teacher_vars, x, key) -> teacher_out, or None (no teacher)
   batch_size: int
   steps_per_epoch: int
   mean: Sequence[float]
@@ -95,8 +96,11 @@ def select_batch(spec: StepSpec, step, images, labels, perm, key):
   return (xs[0] if spec.views == 1 else jnp.stack(xs)), xs[0], labels[idx], idx
 
 
-def train_step(state: TrainState, teacher_vars, images, labels, perm, *, spec: StepSpec):
-  """One step of every pass of the method; `(new_state, metrics)`. A non-finite step is skipped."""
+def train_step(state: TrainState, teacher_vars: Sequence[PyTree], images, labels, perm, *, spec: StepSpec):
+  """One step of every pass of the method; `(new_state, metrics)`. A non-finite step is skipped.
+
+  `teacher_vars` holds one variables tree per teacher (empty without a teacher).
+  """
   crop_key, method_key, dropout_key, teacher_key = jax.random.split(
       jax.random.fold_in(spec.aug_key, state.step), 4)
   x, x_teacher, y, idx = select_batch(spec, state.step, images, labels, perm, crop_key)
@@ -144,23 +148,25 @@ def train_step(state: TrainState, teacher_vars, images, labels, perm, *, spec: S
   return new_state, metrics
 
 
-def step_spec(model, method: methods_lib.Method, tx, lr_fn, teacher_model, *, teacher_inputs=None,
+def step_spec(model, method: methods_lib.Method, txs: Sequence[optax.GradientTransformation], lr_fn,
+              teachers: Sequence[teachers_lib.Teacher] = (), *, ensemble: bool = False,
               teacher_bn_mode: str = "eval", **data) -> StepSpec:
-  """The `StepSpec` of `method` with optimizer(s) `tx` (one per pass) and teacher(s) `teacher_model`."""
-  txs = optim.as_passes(tx)
+  """The `StepSpec` of `method` with one optimizer per pass and its `teachers` (modules and inputs)."""
+  txs = optim.as_passes(txs)
   passes = method.passes
   if len(txs) != len(passes):
     raise ValueError(f"method {method.name!r} has {len(passes)} passes but {len(txs)} optimizers")
   forward = None
-  if teacher_model is not None:
-    forward = teachers_lib.make_teacher_forward(teacher_model, mean=data["mean"], std=data["std"],
-                                                teacher_inputs=teacher_inputs, bn_mode=teacher_bn_mode)
+  if teachers:
+    forward = teachers_lib.make_teacher_forward(teachers, mean=data["mean"], std=data["std"],
+                                                bn_mode=teacher_bn_mode, ensemble=ensemble)
   return StepSpec(model=model, passes=passes, txs=txs, lr_fn=lr_fn, teacher_forward=forward, **data)
 
 
-def make_train_step(model, method: methods_lib.Method, tx, lr_fn, teacher_model, **kwargs) -> Callable:
+def make_train_step(model, method: methods_lib.Method, txs: Sequence[optax.GradientTransformation], lr_fn,
+                    teachers: Sequence[teachers_lib.Teacher] = (), **kwargs) -> Callable:
   """`train_step(state, teacher_vars, images, labels, perm) -> (state, metrics)` for `method`."""
-  return functools.partial(train_step, spec=step_spec(model, method, tx, lr_fn, teacher_model, **kwargs))
+  return functools.partial(train_step, spec=step_spec(model, method, txs, lr_fn, teachers, **kwargs))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -46,8 +46,8 @@ class Teacher:
   """A loaded teacher: its module, frozen variables, checkpoint meta and input adapter."""
   module: Any
   variables: PyTree
-  meta: dict
-  input: Optional[TeacherInput]
+  meta: dict = dataclasses.field(default_factory=dict)
+  input: Optional[TeacherInput] = None  # None: the student's own data
 
 
 def specs(config: ml_collections.ConfigDict) -> list[Spec]:
@@ -202,15 +202,6 @@ def load_teachers(config: ml_collections.ConfigDict, dataset: data_lib.Dataset, 
   return [load_teacher(config, dataset, workdir, spec, method.shared_labels) for spec in named]
 
 
-def step_inputs(teachers: Sequence[Teacher], ensemble: bool):
-  """(modules, variables, input adapters) as the step takes them: lists for an ensemble."""
-  if not teachers:
-    return None, None, None
-  if ensemble:
-    return [t.module for t in teachers], [t.variables for t in teachers], [t.input for t in teachers]
-  return teachers[0].module, teachers[0].variables, teachers[0].input
-
-
 def adapt_teacher_input(x: jax.Array, student_mean, student_std, spec: Optional[TeacherInput]) -> jax.Array:
   """Re-normalises (and resizes) a normalised student batch for a teacher of another dataset."""
   if spec is None:
@@ -228,7 +219,7 @@ def forward(modules: Sequence[Any], inputs: Sequence[Optional[TeacherInput]], va
             x: jax.Array, key: jax.Array, *, mean, std, bn_mode: str = "eval") -> list:
   """Each teacher's `(logits, features)` on the student batch `x`, under stop_gradient."""
   outs = []
-  for k, (module, spec, v) in enumerate(zip(modules, inputs, variables)):
+  for k, (module, spec, v) in enumerate(zip(modules, inputs, variables, strict=True)):
     xt = adapt_teacher_input(x, mean, std, spec)
     if bn_mode == "batch_stats":
       # Batch statistics, as the references that leave the teacher in train mode; its
@@ -241,16 +232,19 @@ def forward(modules: Sequence[Any], inputs: Sequence[Optional[TeacherInput]], va
   return outs
 
 
-def make_teacher_forward(teacher_model, *, mean, std, teacher_inputs=None, bn_mode: str = "eval"):
-  """`forward(teacher_vars, x, key) -> teacher_out` (a list for an ensemble), under stop_gradient."""
-  ensemble = isinstance(teacher_model, (list, tuple))
-  modules = list(teacher_model) if ensemble else [teacher_model]
-  inputs = list(teacher_inputs) if ensemble and teacher_inputs is not None else (
-      [None] * len(modules) if teacher_inputs is None else [teacher_inputs])
+def make_teacher_forward(teachers: Sequence[Teacher], *, mean, std, bn_mode: str = "eval",
+                         ensemble: bool = False) -> Callable:
+  """`forward(teacher_vars, x, key) -> teacher_out` over one variables tree per teacher.
 
-  def apply(teacher_vars, x, key):
-    variables = list(teacher_vars) if ensemble else [teacher_vars]
-    outs = forward(modules, inputs, variables, x, key, mean=mean, std=std, bn_mode=bn_mode)
+  What the method sees is decided here and only here: the list of every teacher's
+  `(logits, features)` for an ensemble (`is_ensemble`), else the one teacher's pair.
+  """
+  modules, inputs = [t.module for t in teachers], [t.input for t in teachers]
+  if not ensemble and len(modules) != 1:
+    raise ValueError(f"{len(modules)} teachers given to a single-teacher forward; pass ensemble=True")
+
+  def apply(teacher_vars: Sequence[PyTree], x: jax.Array, key: jax.Array):
+    outs = forward(modules, inputs, teacher_vars, x, key, mean=mean, std=std, bn_mode=bn_mode)
     return outs if ensemble else outs[0]
 
   return apply
