@@ -2,6 +2,8 @@
 
 * `l2_normalize`: `F.normalize` (x / max(||x||, eps)) as x * rsqrt(max(sum x^2, eps^2)),
   finite in value and gradient at x = 0 (docs/methods.md §8.4);
+* `norm`: `torch.linalg.norm` along an axis, whose gradient at x = 0 is 0 as torch's is
+  (jnp.linalg.norm's is NaN there);
 * `adaptive_avg_pool`: `F.adaptive_avg_pool2d` bins [floor(i n/o), ceil((i+1) n/o)) on NHWC;
 * `nearest_resize`: `F.interpolate(mode='nearest')` (legacy nearest: src = floor(dst * in/out)
   with a float32 scale) on NHWC;
@@ -26,6 +28,14 @@ def l2_normalize(x: jax.Array, axis: int = -1, eps: float = 1e-12) -> jax.Array:
   sq = jnp.sum(jnp.square(x), axis=axis, keepdims=True)
   # max(||x||, eps) = sqrt(max(||x||^2, eps^2)); the max keeps rsqrt away from 0 in both passes.
   return x * jax.lax.rsqrt(jnp.maximum(sq, eps * eps))
+
+
+def norm(x: jax.Array, axis: int = -1) -> jax.Array:
+  """||x||_2 along `axis` with torch's gradient: 0, not NaN, where x = 0."""
+  sq = jnp.sum(jnp.square(x), axis=axis)
+  positive = sq > 0
+  # Both branches of the where are differentiated: the inner where keeps sqrt's derivative finite.
+  return jnp.where(positive, jnp.sqrt(jnp.where(positive, sq, 1.0)), 0.0)
 
 
 def _pair(size: Size) -> tuple[int, int]:

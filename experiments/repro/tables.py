@@ -34,10 +34,17 @@ TABLES: dict[str, tuple[str, ...]] = {
            "resnet56,resnet20", "resnet110,resnet32", "resnet110,resnet20", "resnet32x4,ShuffleV2",
            "resnet32x4,wrn_16_2", "resnet32x4,wrn_40_2", "wrn_40_2,resnet8x4", "wrn_40_2,MobileNetV2",
            "vgg13,MobileNetV2", "ResNet50,MobileNetV2"),
+    # DIST (NeurIPS 2022): the six pairs of its release's CIFAR-100 table, KD beside it.
+    "dist": ("wrn_40_2,wrn_40_1", "resnet56,resnet20", "resnet32x4,resnet8x4", "ResNet50,MobileNetV2",
+             "resnet32x4,ShuffleV1", "resnet32x4,ShuffleV2"),
+    # CTKD (AAAI 2023): the six pairs of its release's CIFAR-100 table, KD beside it.
+    "ctkd": ("resnet56,resnet20", "resnet110,resnet32", "resnet110,resnet20", "wrn_40_2,wrn_16_2",
+             "wrn_40_2,wrn_40_1", "vgg13,vgg8"),
 }
 # The methods a table runs when --methods is not given (default: kd,dkd).
 TABLE_DEFAULT_METHODS = {"imagenet": "kd,dkd", "sftn": "kd,sftn", "fkd": "kd,fkd", "afd": "dml,kdcl,afd",
-                         "ls": "kd,kd_ls"}
+                         "ls": "kd,kd_ls", "dist": "kd,dist",
+                         "ctkd": "kd,ctkd"}
 # Which config files a table's methods come from (default: configs/<method>_cifar.py).
 TABLE_CONFIG_SUFFIX = {"imagenet": "_imagenet"}
 # The config whose epochs are the table's protocol length (default: the CIFAR teacher recipe).
@@ -73,6 +80,8 @@ TABLE_TITLES = {
     "fkd": "CIFAR-100, FKD vs KD (docs/sources.md [S2]; configs/fkd_cifar.py)",
     "ls": "CIFAR-100, KD with logit standardization (`kd_ls`) vs KD (docs/sources.md [S5]; "
           "configs/kd_ls_cifar.py)",
+    "ctkd": "CIFAR-100, CTKD (curriculum temperature) vs KD (docs/sources.md [S7]; configs/ctkd_cifar.py)",
+    "dist": "CIFAR-100, DIST vs KD (docs/sources.md [S6]; configs/dist_cifar.py)",
     "afd": "CIFAR-100, online distillation: AFD vs DML and KDCL, two networks trained together "
            "(docs/sources.md [S3]; configs/afd_cifar.py); cells are the ensemble's top-1, results.json "
            "has each network's",
@@ -245,6 +254,12 @@ REPORTED: dict[str, dict[str, float]] = {
                     'resnet32x4,wrn_16_2': 75.26, 'resnet32x4,wrn_40_2': 77.92,
                     'wrn_40_2,resnet8x4': 77.11, 'wrn_40_2,MobileNetV2': 69.23,
                     'vgg13,MobileNetV2': 68.61, 'ResNet50,MobileNetV2': 69.02},
+    # CTKD's release README (docs/sources.md [S7]): the KD+CTKD row; epoch not stated.
+    'ctkd_cifar': {'resnet56,resnet20': 71.19, 'resnet110,resnet32': 73.52, 'resnet110,resnet20': 70.99,
+                   'wrn_40_2,wrn_16_2': 75.45, 'wrn_40_2,wrn_40_1': 73.93, 'vgg13,vgg8': 73.52},
+    # DIST's release README (docs/sources.md [S6]): mean of its runs (± in REPORTED_NOTES); epoch not stated.
+    'dist_cifar': {'wrn_40_2,wrn_40_1': 74.43, 'resnet56,resnet20': 71.75, 'resnet32x4,resnet8x4': 76.31,
+                   'ResNet50,MobileNetV2': 68.66, 'resnet32x4,ShuffleV1': 76.34, 'resnet32x4,ShuffleV2': 77.35},
     'kd_imagenet': {'imagenet_resnet34,imagenet_resnet18': 71.03, 'imagenet_resnet50,imagenet_mobilenetv1': 70.5},
     # none recorded (docs/methods.md §7.16)
     'kdcl_cifar': {},
@@ -368,6 +383,8 @@ REPORTED: dict[str, dict[str, float]] = {
 # (`METHOD_METRIC` in specs.py: RepDistiller/CRD rows last, mdistiller/ReviewKD best).
 REPORTED_METRIC: dict[str, str] = {'afd_cifar': 'unknown',
  'crd_cifar': 'last',
+ 'ctkd_cifar': 'unknown',
+ 'dist_cifar': 'unknown',
  'dkd_imagenet': 'best',
  'kd_imagenet': 'best',
  'kd_ls_cifar': 'unknown',
@@ -378,7 +395,11 @@ REPORTED_METRIC: dict[str, str] = {'afd_cifar': 'unknown',
 
 # tiny_cnn_cifar10: the study lists no-KD twice (56.74 beside the KD T=1 rows, 56.49 beside
 # the KD T=5 rows); REPORTED uses the first, these notes keep both.
-REPORTED_NOTES: dict[str, dict[str, str]] = {'tiny_cnn_cifar10': {'nokd': 'the study lists 56.74 and 56.49 (two no-KD runs)',
+REPORTED_NOTES: dict[str, dict[str, str]] = {'dist_cifar': {
+                   'wrn_40_2,wrn_40_1': '74.43 ± 0.24', 'resnet56,resnet20': '71.75 ± 0.30',
+                   'resnet32x4,resnet8x4': '76.31 ± 0.19', 'ResNet50,MobileNetV2': '68.66 ± 0.23',
+                   'resnet32x4,ShuffleV1': '76.34 ± 0.18', 'resnet32x4,ShuffleV2': '77.35 ± 0.25'},
+ 'tiny_cnn_cifar10': {'nokd': 'the study lists 56.74 and 56.49 (two no-KD runs)',
                       'dkd_t2_a1_b2': 'the study: for T > 1 (e.g. T = 2) the DKD loss is NaN and '
                                       'accuracy 1.0% (its alpha/beta for that run are not stated)',
                       'dkd_t4_a1_b2': 'as T = 2: the study reports NaN loss / 1.0% for every T > '

@@ -44,3 +44,45 @@ def dkd(student_logits, teacher_logits, target, alpha, beta, temperature):
 
 def cross_entropy(logits, target):
   return F.cross_entropy(logits, target)
+
+
+def dist(student_logits, teacher_logits, temperature, beta, gamma):
+  """DIST's relation loss as its release computes it: Pearson rows (inter) and columns (intra)."""
+  def rho(a, b, eps=1e-8):
+    a, b = a - a.mean(1, keepdim=True), b - b.mean(1, keepdim=True)
+    return (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1) + eps)
+  ys, yt = (student_logits / temperature).softmax(1), (teacher_logits / temperature).softmax(1)
+  inter = 1 - rho(ys, yt).mean()
+  intra = 1 - rho(ys.t(), yt.t()).mean()
+  return temperature**2 * (beta * inter + gamma * intra)
+
+
+class _Reverse(torch.autograd.Function):
+  """CTKD's gradient reversal: identity forward, gradient times lambda backward."""
+
+  @staticmethod
+  def forward(ctx, x, lam):
+    ctx.lam = lam
+    return x.clone()
+
+  @staticmethod
+  def backward(ctx, grad):
+    return ctx.lam * grad, None
+
+
+def ctkd_lambda(epoch_from_1, lambda_max=0.0, lambda_min=-1.0, loops=10):
+  """CTKD's cosine curriculum as its release computes it (epochs counted from 1)."""
+  import math  # pylint: disable=import-outside-toplevel
+  i = min(max(epoch_from_1, 0), loops)
+  return (math.cos(i * math.pi / loops) + 1.0) * 0.5 * (lambda_max - lambda_min) + lambda_min
+
+
+def ctkd_temperature(theta, lam, t_start=1.0, t_end=20.0):
+  """The release's global temperature: t_start + t_end * sigmoid(grl(theta))."""
+  return t_start + t_end * torch.sigmoid(_Reverse.apply(theta, lam))
+
+
+def kd_batchmean(student_logits, teacher_logits, temperature):
+  """KD as CTKD's release writes it (KLDivLoss batchmean * T^2), T a tensor."""
+  return F.kl_div(F.log_softmax(student_logits / temperature, dim=1), F.softmax(teacher_logits / temperature, dim=1),
+                  reduction="batchmean") * temperature * temperature
