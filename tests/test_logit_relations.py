@@ -1,10 +1,5 @@
-"""The 2022-2024 logit methods (DIST, CTKD; LS's configs): PyTorch parity, numerical safety, configs,
-a 2-epoch train of each on mocked CIFAR."""
-import json
-import os
-import subprocess
-import sys
-
+"""The 2022-2024 logit methods (DIST, CTKD): PyTorch parity, numerical safety, configs.
+Their 2-epoch trains on mocked CIFAR are in tests/test_recent_methods_train.py."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -16,8 +11,6 @@ from kdjax.methods import ctkd as ctkd_lib
 from kdjax.methods import dist as dist_lib
 from tests.torch_reference import losses as ref
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)
 
 
 def _logits(seed, batch=8, classes=100, scale=3.0, dtype=np.float32):
@@ -191,31 +184,3 @@ def test_ctkd_config_carries_the_release_recipe_and_numbers():
   assert (c.ctkd.lambda_max, c.ctkd.lambda_min, c.ctkd.loops, c.optim.lr) == (0.0, -1.0, 10.0, 0.05)
   assert set(module.PAIRS) == set(tables.REPORTED["ctkd_cifar"]) == set(tables.TABLES["ctkd"])
   assert tables.REPORTED["ctkd_cifar"]["resnet56,resnet20"] == 71.19
-
-
-# ------------------------------------------------------------------------ end to end (CLI)
-
-def _cli(config, workdir, teachers):
-  # 2 epochs of 2 steps (32 mocked images, batch 16), tiny nets; the teacher is trained once.
-  return [sys.executable, os.path.join(ROOT, "tests", "mocked_main.py"), f"--config={config}",
-          "--config.model=resnet8", "--config.teacher.arch=resnet8", "--config.epochs=2",
-          "--config.teacher.train_epochs=1", "--config.batch_size=16", "--config.eval_batch_size=16",
-          "--config.teacher.train_batch_size=16", f"--config.teacher.auto_workdir={teachers}/{{arch}}",
-          "--config.progress_bar=False", f"--workdir={workdir}"]
-
-
-def test_kd_ls_dist_and_ctkd_train_two_epochs_on_mocked_cifar(tmp_path):
-  env = dict(ENV, KDJAX_MOCK_EXAMPLES="32")
-  runs = (("configs/kd_ls_cifar.py", "kd", "train_loss_kd"), ("configs/dist_cifar.py", "dist", "train_loss_inter"),
-          ("configs/ctkd_cifar.py", "ctkd", "train_loss_kd"))
-  for config, method, loss_key in runs:
-    workdir = str(tmp_path / os.path.basename(config))
-    done = subprocess.run(_cli(config, workdir, str(tmp_path / "teachers")), cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, done.stderr[-3000:]
-    results = json.load(open(os.path.join(workdir, "results.json")))
-    assert results["epochs"] == 2 and results["method"] == method
-    metrics = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
-    assert len(metrics) == 2 and all(np.isfinite(m[loss_key]) and m[loss_key] > 0 for m in metrics)
-    if method == "ctkd":  # the temperature moved off its initial 1 + 20 sigmoid(1)
-      assert all(1.0 < m["train_temperature"] < 21.0 for m in metrics)

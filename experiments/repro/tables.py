@@ -40,11 +40,14 @@ TABLES: dict[str, tuple[str, ...]] = {
     # CTKD (AAAI 2023): the six pairs of its release's CIFAR-100 table, KD beside it.
     "ctkd": ("resnet56,resnet20", "resnet110,resnet32", "resnet110,resnet20", "wrn_40_2,wrn_16_2",
              "wrn_40_2,wrn_40_1", "vgg13,vgg8"),
+    # ICKD (ICCV 2021): the seven pairs of its release's CIFAR-100 table, KD beside it.
+    "ickd": ("wrn_40_2,wrn_16_2", "wrn_40_2,wrn_40_1", "resnet56,resnet20", "resnet110,resnet20",
+             "resnet110,resnet32", "resnet32x4,resnet8x4", "vgg13,vgg8"),
 }
 # The methods a table runs when --methods is not given (default: kd,dkd).
 TABLE_DEFAULT_METHODS = {"imagenet": "kd,dkd", "sftn": "kd,sftn", "fkd": "kd,fkd", "afd": "dml,kdcl,afd",
                          "ls": "kd,kd_ls", "dist": "kd,dist",
-                         "ctkd": "kd,ctkd"}
+                         "ctkd": "kd,ctkd", "ickd": "kd,ickd"}
 # Which config files a table's methods come from (default: configs/<method>_cifar.py).
 TABLE_CONFIG_SUFFIX = {"imagenet": "_imagenet"}
 # The config whose epochs are the table's protocol length (default: the CIFAR teacher recipe).
@@ -81,6 +84,7 @@ TABLE_TITLES = {
     "ls": "CIFAR-100, KD with logit standardization (`kd_ls`) vs KD (docs/sources.md [S5]; "
           "configs/kd_ls_cifar.py)",
     "ctkd": "CIFAR-100, CTKD (curriculum temperature) vs KD (docs/sources.md [S7]; configs/ctkd_cifar.py)",
+    "ickd": "CIFAR-100, ICKD-C vs KD (docs/sources.md [S8]; configs/ickd_cifar.py)",
     "dist": "CIFAR-100, DIST vs KD (docs/sources.md [S6]; configs/dist_cifar.py)",
     "afd": "CIFAR-100, online distillation: AFD vs DML and KDCL, two networks trained together "
            "(docs/sources.md [S3]; configs/afd_cifar.py); cells are the ensemble's top-1, results.json "
@@ -257,6 +261,11 @@ REPORTED: dict[str, dict[str, float]] = {
     # CTKD's release README (docs/sources.md [S7]): the KD+CTKD row; epoch not stated.
     'ctkd_cifar': {'resnet56,resnet20': 71.19, 'resnet110,resnet32': 73.52, 'resnet110,resnet20': 70.99,
                    'wrn_40_2,wrn_16_2': 75.45, 'wrn_40_2,wrn_40_1': 73.93, 'vgg13,vgg8': 73.52},
+    # ICKD's release README (docs/sources.md [S8]): the "ICKD-C (Ours)" row (with KL; the w/o-KL
+    # row in REPORTED_NOTES); epoch not stated.
+    'ickd_cifar': {'wrn_40_2,wrn_16_2': 75.57, 'wrn_40_2,wrn_40_1': 74.63, 'resnet56,resnet20': 71.69,
+                   'resnet110,resnet20': 71.91, 'resnet110,resnet32': 74.11, 'resnet32x4,resnet8x4': 75.48,
+                   'vgg13,vgg8': 73.88},
     # DIST's release README (docs/sources.md [S6]): mean of its runs (± in REPORTED_NOTES); epoch not stated.
     'dist_cifar': {'wrn_40_2,wrn_40_1': 74.43, 'resnet56,resnet20': 71.75, 'resnet32x4,resnet8x4': 76.31,
                    'ResNet50,MobileNetV2': 68.66, 'resnet32x4,ShuffleV1': 76.34, 'resnet32x4,ShuffleV2': 77.35},
@@ -385,6 +394,7 @@ REPORTED_METRIC: dict[str, str] = {'afd_cifar': 'unknown',
  'crd_cifar': 'last',
  'ctkd_cifar': 'unknown',
  'dist_cifar': 'unknown',
+ 'ickd_cifar': 'unknown',
  'dkd_imagenet': 'best',
  'kd_imagenet': 'best',
  'kd_ls_cifar': 'unknown',
@@ -399,6 +409,10 @@ REPORTED_NOTES: dict[str, dict[str, str]] = {'dist_cifar': {
                    'wrn_40_2,wrn_40_1': '74.43 ± 0.24', 'resnet56,resnet20': '71.75 ± 0.30',
                    'resnet32x4,resnet8x4': '76.31 ± 0.19', 'ResNet50,MobileNetV2': '68.66 ± 0.23',
                    'resnet32x4,ShuffleV1': '76.34 ± 0.18', 'resnet32x4,ShuffleV2': '77.35 ± 0.25'},
+ 'ickd_cifar': {pair: f'w/o KL (kd_weight=0): {top1}' for pair, top1 in {
+                   'wrn_40_2,wrn_16_2': 75.64, 'wrn_40_2,wrn_40_1': 74.33, 'resnet56,resnet20': 71.76,
+                   'resnet110,resnet20': 71.68, 'resnet110,resnet32': 73.89, 'resnet32x4,resnet8x4': 75.25,
+                   'vgg13,vgg8': 73.42}.items()},
  'tiny_cnn_cifar10': {'nokd': 'the study lists 56.74 and 56.49 (two no-KD runs)',
                       'dkd_t2_a1_b2': 'the study: for T > 1 (e.g. T = 2) the DKD loss is NaN and '
                                       'accuracy 1.0% (its alpha/beta for that run are not stated)',

@@ -86,3 +86,12 @@ def kd_batchmean(student_logits, teacher_logits, temperature):
   """KD as CTKD's release writes it (KLDivLoss batchmean * T^2), T a tensor."""
   return F.kl_div(F.log_softmax(student_logits / temperature, dim=1), F.softmax(teacher_logits / temperature, dim=1),
                   reduction="batchmean") * temperature * temperature
+
+
+def ickd(f_s_embedded, f_t):
+  """ICKD-C's CIFAR loss as its release computes it (NCHW maps, the student's already embedded)."""
+  bsz, ch = f_s_embedded.shape[0], f_s_embedded.shape[1]
+  a, b = f_s_embedded.reshape(bsz, ch, -1), f_t.reshape(bsz, ch, -1)
+  g_s = F.normalize(torch.bmm(a, a.permute(0, 2, 1)), dim=2)
+  g_t = F.normalize(torch.bmm(b, b.permute(0, 2, 1)), dim=2)
+  return ((g_s - g_t) ** 2).reshape(bsz, -1).sum() / (ch * bsz)
