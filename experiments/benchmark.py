@@ -45,6 +45,8 @@ _BATCH = flags.DEFINE_integer("batch", 64, "Global batch size.")
 _STEPS = flags.DEFINE_integer("steps", 50, "Timed steps.")
 _WARMUP = flags.DEFINE_integer("warmup", 5, "Untimed steps after compilation.")
 _DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype.")
+_SEEDS = flags.DEFINE_integer("seeds", 1, "Students trained in one program (config.seeds=0..N-1).")
+_SEEDS_MAP = flags.DEFINE_enum("seeds_map", "auto", ["auto", "vmap", "sequential"], "config.seeds_map.")
 _IMAGE_SIZE = flags.DEFINE_integer("image_size", 224, "Crop side of imagenet_* models and --pipeline.")
 _PIPELINE = flags.DEFINE_bool("pipeline", False, "Time the imagenet2012 input pipeline, not the step.")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data_dir holding a prepared imagenet2012.")
@@ -75,7 +77,8 @@ def _step_inputs(config, dataset, run, mesh):
   if not data.is_streaming(dataset):
     images = jax.device_put(dataset.train_images, replicated)
     labels = jax.device_put(dataset.train_labels, replicated)
-    return images, labels, run.permute(jax.random.key(0))
+    key = jax.random.split(jax.random.key(0), run.seeds) if run.seeds else jax.random.key(0)
+    return images, labels, run.permute(key)
   # One random uint8 batch on device, sharded like the trainer's streamed batches.
   sharded = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
   rng = np.random.default_rng(0)
@@ -93,6 +96,8 @@ def main(argv):
   config = recipes.base_config()
   config.method, config.model, config.teacher.arch = _METHOD.value, _STUDENT.value, _TEACHER.value
   config.batch_size, config.dtype = _BATCH.value, _DTYPE.value
+  if _SEEDS.value > 1:
+    config.seeds, config.seeds_map = ",".join(map(str, range(_SEEDS.value))), _SEEDS_MAP.value
   steps = _WARMUP.value + _STEPS.value + 1
   if _STUDENT.value.startswith("imagenet_"):
     dataset = _synthetic_imagenet(steps * _BATCH.value)
@@ -131,9 +136,10 @@ def main(argv):
   print(f"{_METHOD.value} {_TEACHER.value or '-'} -> {_STUDENT.value}, batch {_BATCH.value}, "
         f"{_DTYPE.value}, images {'x'.join(map(str, data.image_shape(dataset)))}")
   print(f"compile {compile_s:.1f} s")
-  ips = _STEPS.value * _BATCH.value / dt
-  print(f"step {1000 * dt / _STEPS.value:.1f} ms, {ips:.{0 if ips >= 10 else 2}f} images/s "
-        f"over {_STEPS.value} steps; {memory}; final loss {float(metrics['loss']):.4f}")
+  ips = _STEPS.value * _BATCH.value * max(run.seeds, 1) / dt
+  seeds = f" ({run.seeds} seeds, {config.seeds_map})" if run.seeds else ""
+  print(f"step {1000 * dt / _STEPS.value:.1f} ms{seeds}, {ips:.{0 if ips >= 10 else 2}f} images/s "
+        f"over {_STEPS.value} steps; {memory}; final loss {float(np.mean(metrics['loss'])):.4f}")
 
 
 def _mock_as_dataset(self, split, decoders=None, read_config=None, **kwargs):

@@ -60,6 +60,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
   p.add_argument("--pairs", action="append", default=[],
                  help="restrict the table to these pairs, 'teacher,student' (repeatable, or ';'-separated)")
   p.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 per cell")
+  p.add_argument("--vmap-seeds", action="store_true",
+                 help="train each cell's seeds as one job, one compiled program (--config.seeds); "
+                      "methods with a prestage (ab, ft, fsp) keep one job per seed")
   p.add_argument("--workdir", required=True)
   p.add_argument("--jobs", type=int, default=1,
                  help="subprocesses at once (each uses every visible device; with N > 1 each gets "
@@ -114,7 +117,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(f"reproduce: error: {e}", file=sys.stderr)
     return 2
   dataset = dataset_of(overrides, tables.TABLE_DATASETS.get(args.table, tables.DEFAULT_DATASET))
-  jobs = plan(specs, args.seeds, root, overrides, tables.TABLE_DATASETS.get(args.table, tables.DEFAULT_DATASET))
+  jobs = plan(specs, args.seeds, root, overrides, tables.TABLE_DATASETS.get(args.table, tables.DEFAULT_DATASET),
+              vmap_seeds=args.vmap_seeds)
   shown = [j for j in jobs if args.only == "all" or j.kind + "s" == args.only]
 
   if args.print_commands:

@@ -25,6 +25,12 @@ def base_config(method_nodes: Mapping[str, Mapping[str, Any]]) -> ml_collections
   for name, values in method_nodes.items():
     c[name] = dict(values)
   c.seed = 0
+  # Several seeds in one compiled program, e.g. '0,1,2,3,4' (kdjax/train/seeds.py): each
+  # trains the student that `seed` would, under <workdir>/seed<k>/. Empty: one run of `seed`.
+  c.seeds = ""
+  # How the seed axis is mapped: 'vmap' (batched), 'sequential' (one seed after another inside
+  # the program, unrolled), 'auto' (vmap on GPU/TPU, sequential on the CPU).
+  c.seeds_map = "auto"
   c.method = "vanilla"
   c.model = "resnet8x4"
   # Compute dtype of the networks ('float32' or 'bfloat16'); params, BN statistics

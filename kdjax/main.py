@@ -228,9 +228,14 @@ def _main(argv: list[str]) -> None:
       sys.stdout.flush()
       os._exit(2)  # pylint: disable=protected-access
     _fail(str(e), getattr(e, "exit_code", 2))  # a preempted run: 128 + the signal's number
-  summary = (f"[kdjax] done: {results['method']} {results['student']} on {results['dataset']}: "
-             f"best top-1 {results['best_top1']:.2f}% (epoch {results['best_epoch']}), "
-             f"last {results['last_top1']:.2f}%")
+  summary = f"[kdjax] done: {results['method']} {results['student']} on {results['dataset']}: "
+  if "seeds" in results:  # several seeds in one program: their mean ± std
+    best, last = results["best_top1"], results["last_top1"]
+    summary += (f"{len(results['seeds'])} seeds, best top-1 {best['mean']:.2f} ± {best['std']:.2f}%, "
+                f"last {last['mean']:.2f} ± {last['std']:.2f}%")
+  else:
+    summary += (f"best top-1 {results['best_top1']:.2f}% (epoch {results['best_epoch']}), "
+                f"last {results['last_top1']:.2f}%")
   teacher_top1 = results.get("teacher_top1")
   if isinstance(teacher_top1, list):
     summary += f"; teachers {results['teacher']} " + ", ".join(f"{t:.2f}%" for t in teacher_top1)

@@ -148,6 +148,7 @@ def teacher_config(student_config: ml_collections.ConfigDict) -> ml_collections.
   c.model = student_config.teacher.arch
   c.teacher.arch, c.teacher.recipe = "", "vanilla"
   c.teacher.checkpoint = ""
+  c.seeds = ""  # the students' seeds share one teacher (trained with config.seed)
   c.teachers = ()
   if student_config.teacher.dataset:
     c.data.name = student_config.teacher.dataset

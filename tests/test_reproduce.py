@@ -380,3 +380,17 @@ def test_reviewkd_ablation_table_with_the_reports_numbers(tmp_path, fake):
   assert all(r["n"] == "1" for r in rows)
   table_md = open(os.path.join(root, "table.md")).read()
   assert "ReviewKD ablations" in table_md and "λ = 0.7" in table_md
+
+
+def test_vmap_seeds_plans_one_job_per_cell_and_keeps_prestage_methods_per_seed(tmp_path, capsys):
+  """--vmap-seeds: kd's 3 seeds are one job (--config.seeds=0,1,2) into the cell directory whose
+  seed<k>/ are the per-seed jobs' workdirs; ab (a prestage) keeps one job per seed."""
+  args = ["--table=cifar100_same_arch", "--methods=kd,ab", "--pairs=vgg13,vgg8", "--seeds=3",
+          f"--workdir={tmp_path}", "--print-commands", "--only=students"]
+  assert reproduce.main([*args, "--vmap-seeds"]) == 0
+  lines = capsys.readouterr().out.strip().splitlines()
+  kd = [l for l in lines if "kd_cifar.py" in l]
+  ab = [l for l in lines if "ab_cifar.py" in l]
+  assert len(kd) == 1 and "--config.seeds=0,1,2" in kd[0] and "--config.seed=" not in kd[0]
+  assert f"--workdir={tmp_path}/runs/kd/vgg13_vgg8 " in kd[0] + " "
+  assert len(ab) == 3 and all("--config.seeds" not in l for l in ab)

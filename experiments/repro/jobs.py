@@ -11,7 +11,7 @@ from . import tables
 from .specs import PAIR_PLACEHOLDER, TEACHER_CONFIG, MethodSpec, load_config_module
 
 # Fields the runner sets per job; overriding them would break the table's semantics.
-RESERVED_FIELDS = ("config.seed", "config.model", "config.teacher.arch", "config.teacher.checkpoint",
+RESERVED_FIELDS = ("config.seed", "config.seeds", "config.model", "config.teacher.arch", "config.teacher.checkpoint",
                    "config.teacher.auto_workdir")
 # A teacher job trains with the teacher recipe, which the distillation configs describe
 # under `config.teacher.*`: those overrides become the teacher job's own fields.
@@ -108,9 +108,20 @@ def student_config(spec: MethodSpec, pair: str):
   return module.get_config(arg)
 
 
+def _vmappable(spec: MethodSpec, pair: str) -> bool:
+  """Whether `spec`'s runs on `pair` can train their seeds in one program (no prestage)."""
+  from kdjax import methods  # pylint: disable=import-outside-toplevel  (jax loads only when planning)
+  config = student_config(spec, pair)
+  return methods.get(config.method, config).prestage is None
+
+
 def plan(specs: Sequence[MethodSpec], seeds: int, root: str, overrides: dict[str, str],
-         default_dataset: str = tables.DEFAULT_DATASET) -> list[Job]:
-  """Teacher jobs (distinct teachers, seed 0) first, then every method x pair x seed job."""
+         default_dataset: str = tables.DEFAULT_DATASET, vmap_seeds: bool = False) -> list[Job]:
+  """Teacher jobs (distinct teachers, seed 0) first, then every method x pair x seed job.
+
+  `vmap_seeds`: one job per method x pair trains all its seeds in one program
+  (`--config.seeds=0,...,N-1` into `runs/<method>/<cell>/`, whose `seed<k>/` are the per-seed
+  jobs' workdirs); a method with a prestage keeps one job per seed."""
   dataset = dataset_of(overrides, default_dataset)
   # Per-job settings come first so that the user's overrides (e.g. progress_bar) win.
   common = {"config.progress_bar": "False"}
@@ -140,9 +151,13 @@ def plan(specs: Sequence[MethodSpec], seeds: int, root: str, overrides: dict[str
   for spec in specs:
     for pair in spec.pairs:
       teacher, student = pair.split(",")
-      for seed in range(seeds):
+      together = vmap_seeds and seeds > 1 and _vmappable(spec, pair)
+      for seed in range(1 if together else seeds):
         workdir = run_workdir(root, spec.name, pair, seed)
         fields = {**common, "config.seed": str(seed)}
+        if together:  # the cell's directory; seed<k>/ below it are what the per-seed jobs write
+          workdir = os.path.dirname(workdir)
+          fields = {**common, "config.seeds": ",".join(map(str, range(seeds)))}
         if not spec.uses_teacher:
           arg = (spec.config_arg or student).replace(PAIR_PLACEHOLDER, pair)
           config_arg, needs = f"{spec.config}:{arg}", None

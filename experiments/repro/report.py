@@ -62,7 +62,8 @@ def collect(specs: Sequence[MethodSpec], table_pairs: Sequence[str], seeds: int,
                   note=spec.notes.get(pair, ""))
       for seed in range(seeds):
         workdir = run_workdir(root, spec.name, pair, seed)
-        _add(cell, seed, workdir, expected.get(workdir))
+        # A cell trained as one program of all its seeds: its job's workdir is seed<k>/'s parent.
+        _add(cell, seed, workdir, expected.get(workdir, expected.get(os.path.dirname(workdir))))
       cells.append(cell)
   return cells
 

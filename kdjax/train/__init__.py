@@ -8,11 +8,12 @@
 
 The names below are the trainer's public API (`from kdjax import train`).
 """
+from kdjax.train.export import model_meta
 from kdjax.train.loop import Fitter, NonFiniteLossError, Writer, new_history, raise_if_nonfinite
 from kdjax.train.optim import (create_learning_rate_fn, create_optimizer, create_optimizers,
                                init_opt_state, masked)
 from kdjax.train.pipeline import (Run, build, check_config, default_workdir, load_dataset, make_mesh,
-                                  model_meta, plan, run_name, train_and_evaluate)
+                                  plan, run_name, train_and_evaluate)
 from kdjax.train.step import (EvalSpec, StepSpec, TrainState, create_train_state, evaluate,
                               make_eval_fn, make_train_step, train_step)
 from kdjax.train.teachers import (Teacher, TeacherInput, adapt_teacher_input, load_teacher,

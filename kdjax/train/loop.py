@@ -96,15 +96,27 @@ def new_history() -> dict[str, Any]:
           "wall_seconds": 0.0}
 
 
-def mean_metrics(buffer: list[dict]) -> dict[str, float]:
-  """Averages a list of per-step metric dicts fetched from the device in one transfer."""
+def mean_metrics(buffer: list[dict]) -> dict[str, Any]:
+  """Averages a list of per-step metric dicts fetched from the device in one transfer
+  (a value per seed stays a list, one mean per seed)."""
   host = jax.device_get(buffer)
-  return {k: float(np.mean([m[k] for m in host])) for k in host[0]}
+  return {k: np.mean(np.stack([np.asarray(m[k]) for m in host]), axis=0).tolist() for k in host[0]}
+
+
+def model_view(tree: Any, k: int, seeds: int) -> Any:
+  """Model `k`'s part of a tree: the tree itself for a single run (`seeds` = 0), else its row k
+  of every array with a leading seed axis and of every list of per-seed values."""
+  if not seeds:
+    return tree
+  # Values shared by the seeds (a summary's images_per_second) are scalars: kept as they are.
+  pick = lambda a: a[k] if isinstance(a, list) or getattr(a, "ndim", 0) > 0 else a
+  return jax.tree.map(pick, tree, is_leaf=lambda a: isinstance(a, list))
 
 
 def raise_if_nonfinite(state: TrainState, config: ml_collections.ConfigDict) -> None:
-  """Stops the run, before any checkpoint of the bad state, if a step was not finite."""
-  bad = int(state.nonfinite_step)
+  """Stops the run, before any checkpoint of the bad state, if a step was not finite (with
+  several seeds: once every seed has diverged; a diverged seed alone is frozen by the step)."""
+  bad = int(np.min(np.asarray(state.nonfinite_step)))
   if bad >= 0:
     raise NonFiniteLossError(
         f"the {config.method} loss (or its gradient) was not finite at step {bad}; the run stopped "
@@ -202,7 +214,8 @@ class Fitter:
   def train_inputs(self, epoch: int, start: int = 0):
     """The (images, labels, perm-or-indices) arguments of each step of `epoch` from step `start`."""
     if not self.streaming:
-      perm = self.run.permute(jax.random.fold_in(self.run.data_key, epoch))
+      fold = jax.vmap(jax.random.fold_in, (0, None)) if self.run.seeds else jax.random.fold_in
+      perm = self.run.permute(fold(self.run.data_key, epoch))  # per seed: its own data order
       for _ in range(start, self.run.steps_per_epoch):
         yield self.train_images, self.train_labels, perm
       return
@@ -227,19 +240,61 @@ class Fitter:
       correct = np.asarray(evaluate(variables, self.test_images, self.test_labels))
     return [100.0 * int(c) / self.num_test for c in correct.reshape(-1)]
 
+  def model_top1s(self, state: TrainState) -> list[list[float]]:
+    """Per model (the run, or each seed): the test top-1 of it and of each cohort member."""
+    tops = self.top1(self.run.evaluate, {"params": state.params["student"], "batch_stats": state.batch_stats})
+    n = max(self.run.seeds, 1)
+    return [tops[k * len(tops) // n:(k + 1) * len(tops) // n] for k in range(n)]
+
   def fit(self, state: TrainState, history: dict, checkpoints: ckpt_lib.TrainStateCheckpoints,
-          writer: Writer, on_epoch_end: Optional[Callable] = None,
+          writers: list[Writer], on_epoch_end: Optional[Callable] = None,
           stop: Optional[StopRequest] = None) -> tuple[TrainState, dict]:
     """Runs the remaining epochs (from mid-epoch after a preemption); evaluates, logs and
     checkpoints after each. Once `stop` is set (SIGTERM/SIGINT; default: handlers for this
-    call), it checkpoints the step reached and raises `Interrupted`."""
-    writer.sync(history["epochs"])
-    if stop is not None:
-      return self._fit(state, history, checkpoints, writer, on_epoch_end, stop)
-    with stop_on_signals(StopRequest()) as request:
-      return self._fit(state, history, checkpoints, writer, on_epoch_end, request)
+    call), it checkpoints the step reached and raises `Interrupted`.
 
-  def _fit(self, state, history, checkpoints, writer, on_epoch_end, request):
+    `writers` has one writer per model: the run's, or one per seed of a run of several seeds
+    (`run.seeds`, their records in `history['seeds']`); `on_epoch_end(k, variables, epoch,
+    top1)` fires when model k improves.
+    """
+    for h, w in zip(self._histories(history), writers, strict=True):
+      w.sync(h["epochs"])
+    if stop is not None:
+      return self._fit(state, history, checkpoints, writers, on_epoch_end, stop)
+    with stop_on_signals(StopRequest()) as request:
+      return self._fit(state, history, checkpoints, writers, on_epoch_end, request)
+
+  def _histories(self, history: dict) -> list[dict]:
+    """The per-model histories: the run's own, or one per seed."""
+    return history["seeds"] if self.run.seeds else [history]
+
+  def _end_epoch(self, state, history, writers, on_epoch_end, epoch: int, epoch_metrics, seconds):
+    """Evaluates every model, records and writes its epoch, and saves each improved one."""
+    n, step = self.run.seeds, (epoch + 1) * self.run.steps_per_epoch
+    all_tops = self.model_top1s(state)
+    for k, (h, writer, tops) in enumerate(zip(self._histories(history), writers, all_tops)):
+      record = {"epoch": epoch + 1, "test_top1": tops[0], "seconds": seconds}
+      if len(tops) > 1:
+        record["members_test_top1"] = tops[1:]
+      for key in epoch_metrics[0]:
+        record[f"train_{key}"] = float(np.mean([model_view(m, k, n)[key] for m in epoch_metrics]))
+      h["epochs"].append(record)
+      writer.epoch(step, record, tops)
+      if tops[0] > h["best_top1"]:
+        h["best_top1"], h["best_epoch"] = tops[0], epoch + 1
+        if on_epoch_end is not None:
+          variables = {"params": state.params["student"], "batch_stats": state.batch_stats}
+          on_epoch_end(k, model_view(variables, k, n), epoch + 1, tops[0])
+    if not n:
+      record = history["epochs"][-1]
+      return (f"test top-1 {record['test_top1']:.2f}% (best {history['best_top1']:.2f}% at epoch "
+              f"{history['best_epoch']}), train loss {record['train_loss']:.4f}")
+    top1 = [t[0] for t in all_tops]
+    history["epochs"].append({"epoch": epoch + 1, "test_top1": top1, "seconds": seconds})
+    return (f"test top-1 over {n} seeds {np.mean(top1):.2f}% ± {np.std(top1):.2f} "
+            f"(per seed {', '.join(f'{t:.2f}' for t in top1)})")
+
+  def _fit(self, state, history, checkpoints, writers, on_epoch_end, request):
     config, run = self.config, self.run
     steps_per_epoch = run.steps_per_epoch
     start_epoch = len(history["epochs"])
@@ -251,17 +306,18 @@ class Fitter:
       skip = position["steps"] if epoch == start_epoch else 0
       epoch_metrics = list(position["intervals"]) if epoch == start_epoch else []
       buffer = [_from_host(m) for m in position["buffer"]] if epoch == start_epoch else []
-      writer.start_epoch(steps_per_epoch, f"{self.name} epoch {epoch + 1}/{config.epochs}")
+      for w in writers:
+        w.start_epoch(steps_per_epoch, f"{self.name} epoch {epoch + 1}/{config.epochs}")
       t_epoch = t_interval = time.time()
       images_in_interval = 0
       for i, (images, labels, perm) in enumerate(self.train_inputs(epoch, skip), start=skip):
         state, metrics = run.train_step(state, self.teacher_vars, images, labels, perm)
         buffer.append(metrics)
-        images_in_interval += config.batch_size
+        images_in_interval += config.batch_size * max(run.seeds, 1)
         boundary = len(buffer) == config.log_every_steps or i == steps_per_epoch - 1
         if boundary:
           summary = mean_metrics(buffer)  # waits for this interval's steps only
-          raise_if_nonfinite(state, config)
+          self._check_finite(state, history)
           dt = time.time() - t_interval
           summary["images_per_second"] = images_in_interval / max(dt, 1e-9)
           if not first_interval:
@@ -269,39 +325,38 @@ class Fitter:
             history["train_images"] += images_in_interval
           first_interval = False
           epoch_metrics.append(summary)
-          writer.train(epoch * steps_per_epoch + i + 1, len(buffer), summary)
+          for k, w in enumerate(writers):
+            w.train(epoch * steps_per_epoch + i + 1, len(buffer), model_view(summary, k, run.seeds))
           buffer, t_interval, images_in_interval = [], time.time(), 0
         if i < steps_per_epoch - 1 and _stop_agreed(request, boundary):
-          raise_if_nonfinite(state, config)
+          self._check_finite(state, history)
           history["position"] = {"steps": i + 1, "intervals": epoch_metrics,
                                  "buffer": [_to_host(m) for m in jax.device_get(buffer)]}
           history["wall_seconds"] = history.get("wall_seconds", 0.0) + (time.time() - t_start)
           checkpoints.save(epoch * steps_per_epoch + i + 1, state, history)
           raise self._interrupted(request.signum, f"after step {i + 1}/{steps_per_epoch} of epoch "
                                   f"{epoch + 1}/{config.epochs}", checkpoints)
-      variables = {"params": state.params["student"], "batch_stats": state.batch_stats}
-      tops = self.top1(run.evaluate, variables)
-      record = {"epoch": epoch + 1, "test_top1": tops[0], "seconds": time.time() - t_epoch}
-      if len(tops) > 1:
-        record["members_test_top1"] = tops[1:]
-      for k in epoch_metrics[0]:
-        record[f"train_{k}"] = float(np.mean([m[k] for m in epoch_metrics]))
-      history["epochs"].append(record)
-      writer.epoch((epoch + 1) * steps_per_epoch, record, tops)
-      if tops[0] > history["best_top1"]:
-        history["best_top1"], history["best_epoch"] = tops[0], epoch + 1
-        if on_epoch_end is not None:
-          on_epoch_end(variables, epoch + 1, tops[0])
+      line = self._end_epoch(state, history, writers, on_epoch_end, epoch, epoch_metrics, time.time() - t_epoch)
       history["wall_seconds"] = history.get("wall_seconds", 0.0) + (time.time() - t_start)
       t_start = time.time()
       checkpoints.save((epoch + 1) * steps_per_epoch, state, history)
-      log(f"[kdjax] {self.name} epoch {epoch + 1}/{config.epochs}: test top-1 {tops[0]:.2f}% "
-          f"(best {history['best_top1']:.2f}% at epoch {history['best_epoch']}), "
-          f"train loss {record['train_loss']:.4f}")
+      log(f"[kdjax] {self.name} epoch {epoch + 1}/{config.epochs}: {line}")
       if epoch + 1 < config.epochs and _stop_agreed(request, True):
         raise self._interrupted(request.signum, f"at the end of epoch {epoch + 1}/{config.epochs}",
                                 checkpoints)
     return state, history
+
+  def _check_finite(self, state: TrainState, history: dict) -> None:
+    """Stops the run if every model diverged; a seed that diverged alone is frozen (by the
+    step) and reported once."""
+    raise_if_nonfinite(state, self.config)
+    if not self.run.seeds:
+      return
+    for k, (h, bad) in enumerate(zip(history["seeds"], np.asarray(state.nonfinite_step).tolist())):
+      if bad >= 0 and "diverged_at_step" not in h:
+        h["diverged_at_step"] = bad
+        log(f"[kdjax] {self.name}: seed {h['seed']} diverged (non-finite loss or gradient) at step "
+            f"{bad}; it is frozen at its last finite state, the other seeds go on.")
 
   def _interrupted(self, signum: int, where: str, checkpoints: ckpt_lib.TrainStateCheckpoints) -> Interrupted:
     name = signal.Signals(signum).name
@@ -311,8 +366,9 @@ class Fitter:
 
 
 def _to_host(metrics: dict) -> dict:
-  """One step's fetched metrics as JSON: [value, dtype] per key (restored bit for bit)."""
-  return {k: [float(v), str(np.asarray(v).dtype)] for k, v in metrics.items()}
+  """One step's fetched metrics as JSON: [value, dtype] per key (restored bit for bit; a value
+  per seed is a list)."""
+  return {k: [np.asarray(v).tolist(), str(np.asarray(v).dtype)] for k, v in metrics.items()}
 
 
 def _from_host(metrics: dict) -> dict:

@@ -31,7 +31,9 @@ from kdjax import data as data_lib
 from kdjax import methods as methods_lib
 from kdjax import models as models_lib
 from kdjax.errors import UserError
+from kdjax.train import export as export_lib
 from kdjax.train import loop, optim, step as step_lib
+from kdjax.train import seeds as seeds_lib
 from kdjax.train import teachers as teachers_lib
 from kdjax.train import workdir as workdir_lib
 
@@ -56,6 +58,7 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
                     "reviewkd, fitnet, ...) or leave teacher.recipe 'vanilla'.")
   if config.dtype not in ("float32", "bfloat16"):
     raise UserError(f"config.dtype={config.dtype!r}; valid: 'float32', 'bfloat16'.")
+  seeds_lib.check(config, methods_lib.get(config.method, config), data_lib.streams(config.data.name))
 
 
 def run_name(config: ml_collections.ConfigDict) -> str:
@@ -100,6 +103,7 @@ class Run:
   data_key: jax.Array
   tx: tuple             # one optimizer per pass
   teacher_vars: tuple   # one variables tree per teacher: the step's second argument
+  seeds: int = 0        # 0: one model; N: N seeds' states stacked on a leading axis
 
 
 def build(config: ml_collections.ConfigDict, dataset: data_lib.Dataset, mesh: jax.sharding.Mesh,
@@ -122,7 +126,9 @@ def build(config: ml_collections.ConfigDict, dataset: data_lib.Dataset, mesh: ja
     raise UserError(f"config.batch_size={config.batch_size} exceeds the {num_train} training images.")
   tx, lr_fn = optim.create_optimizers(config, method, steps_per_epoch)
 
-  init_key, data_key, aug_key = jax.random.split(jax.random.key(config.seed), 3)
+  seeds = seeds_lib.parse(config)  # () for one run; else each seed's keys are its single run's
+  init_key, data_key, aug_key = (seeds_lib.keys(seeds) if seeds
+                                 else jax.random.split(jax.random.key(config.seed), 3))
   teachers = tuple(teachers)
   teacher_vars = tuple(t.variables for t in teachers)
   ensemble = teachers_lib.is_ensemble(config)
@@ -134,28 +140,29 @@ def build(config: ml_collections.ConfigDict, dataset: data_lib.Dataset, mesh: ja
     forward = teachers_lib.make_teacher_forward(teachers, mean=dataset.mean, std=dataset.std,
                                                 bn_mode="eval", ensemble=ensemble)
     teacher_out_fn = lambda x: forward(teacher_vars, x, jax.random.key(0))
-  state = jax.jit(functools.partial(step_lib.create_train_state, model=model, method=method, txs=tx,
-                                    image_shape=data_lib.image_shape(dataset),
-                                    teacher_out_fn=teacher_out_fn, data_info=data_info),
-                  out_shardings=replicated)(init_key)
-  train_step = jax.jit(
-      step_lib.make_train_step(model, method, tx, lr_fn, teachers, ensemble=ensemble,
-                               batch_size=config.batch_size,
-                               steps_per_epoch=steps_per_epoch, mean=dataset.mean, std=dataset.std,
-                               crop_padding=config.data.crop_padding, flip=config.data.flip,
-                               aug_key=aug_key, batch_sharding=batch_sharding,
-                               teacher_bn_mode=method.teacher_bn_mode,
-                               views=method.views, streaming=streaming),
-      out_shardings=(replicated, replicated), donate_argnums=(0,))
-  permute = jax.jit(lambda key: jax.random.permutation(key, num_train), out_shardings=replicated)
+  init = functools.partial(step_lib.create_train_state, model=model, method=method, txs=tx,
+                           image_shape=data_lib.image_shape(dataset), teacher_out_fn=teacher_out_fn,
+                           data_info=data_info)
+  state = jax.jit(jax.vmap(init) if seeds else init, out_shardings=replicated)(init_key)
+  spec = step_lib.step_spec(model, method, tx, lr_fn, teachers, ensemble=ensemble, batch_size=config.batch_size,
+                            steps_per_epoch=steps_per_epoch, mean=dataset.mean, std=dataset.std,
+                            crop_padding=config.data.crop_padding, flip=config.data.flip,
+                            aug_key=aug_key[0] if seeds else aug_key, batch_sharding=batch_sharding,
+                            teacher_bn_mode=method.teacher_bn_mode, views=method.views, streaming=streaming)
+  mode = seeds_lib.map_mode(config, mesh.devices.flat[0].platform) if seeds else ""
+  step_fn = (functools.partial(seeds_lib.train_step, spec=spec, aug_keys=aug_key, mode=mode) if seeds
+             else functools.partial(step_lib.train_step, spec=spec))
+  train_step = jax.jit(step_fn, out_shardings=(replicated, replicated), donate_argnums=(0,))
+  permute_one = lambda key: jax.random.permutation(key, num_train)
+  permute = jax.jit(jax.vmap(permute_one) if seeds else permute_one, out_shardings=replicated)
   num_devices = mesh.devices.size
   eval_bs = math.ceil(config.eval_batch_size / num_devices) * num_devices
-  evaluate = jax.jit(step_lib.make_eval_fn(model, eval_batch_size=eval_bs, mean=dataset.mean,
-                                           std=dataset.std, batch_sharding=batch_sharding,
-                                           streaming=streaming))
+  eval_spec = step_lib.EvalSpec(model, eval_bs, dataset.mean, dataset.std, batch_sharding, streaming)
+  evaluate = jax.jit(functools.partial(seeds_lib.evaluate, spec=eval_spec, mode=mode) if seeds
+                     else functools.partial(step_lib.evaluate, spec=eval_spec))
   return Run(state=state, train_step=train_step, permute=permute, evaluate=evaluate, lr_fn=lr_fn,
              steps_per_epoch=steps_per_epoch, eval_batch_size=eval_bs, data_key=data_key, tx=tx,
-             teacher_vars=teacher_vars)
+             teacher_vars=teacher_vars, seeds=len(seeds))
 
 
 def plan(config: ml_collections.ConfigDict, workdir: str) -> list[tuple[ml_collections.ConfigDict, str]]:
@@ -233,7 +240,7 @@ def _run_prestage(config, method: methods_lib.Method, dataset, mesh, workdir: st
   writer = loop.Writer(directory, config.progress_bar)
   try:
     fitter = loop.Fitter(pre_config, run, dataset, mesh, directory, f"{config.method} prestage")
-    state, _ = fitter.fit(state, history, checkpoints, writer, stop=stop)
+    state, _ = fitter.fit(state, history, checkpoints, [writer], stop=stop)
   finally:
     writer.close()
     checkpoints.close()
@@ -289,7 +296,8 @@ def _train_held(config: ml_collections.ConfigDict, workdir: str, stop: loop.Stop
     state = state.replace(params=prestaged.params, batch_stats=prestaged.batch_stats,
                           method_state=prestaged.method_state,
                           opt_state=jax.jit(functools.partial(optim.init_opt_state, run.tx))(prestaged.params))
-  history = loop.new_history()
+  seeds = seeds_lib.parse(config)
+  history = seeds_lib.new_history(seeds) if seeds else loop.new_history()
   if checkpoints.latest_epoch() is not None:
     state, history = checkpoints.restore(state)
     steps = history.get("position", {}).get("steps", 0)
@@ -303,76 +311,23 @@ def _train_held(config: ml_collections.ConfigDict, workdir: str, stop: loop.Stop
       history["teacher_top1"] = tops[0] if len(tops) == 1 else tops
       loop.log(f"[kdjax] teacher(s) {config.teacher.arch or ','.join(config.teachers)}: test top-1 {tops}")
 
-  def save_best(variables, epoch, top1):
-    ckpt_lib.save_model(os.path.join(workdir, "best"), variables, model_meta(config, dataset, epoch, top1))
+  # One directory per model: the workdir itself, or seed<k>/ for each seed.
+  dirs = [seeds_lib.seed_dir(workdir, s) for s in seeds] or [workdir]
+  metas = [seeds_lib.seed_config(config, s) for s in seeds] or [config]
 
-  writer = loop.Writer(workdir, config.progress_bar)
+  def save_best(k, variables, epoch, top1):
+    ckpt_lib.save_model(os.path.join(dirs[k], "best"), variables,
+                        export_lib.model_meta(metas[k], dataset, epoch, top1))
+
+  writers = [loop.Writer(d, config.progress_bar and k == 0) for k, d in enumerate(dirs)]
   history["wall_seconds"] = history.get("wall_seconds", 0.0) + (time.time() - t_start)
   try:
-    state, history = fitter.fit(state, history, checkpoints, writer, on_epoch_end=save_best, stop=stop)
+    state, history = fitter.fit(state, history, checkpoints, writers, on_epoch_end=save_best, stop=stop)
   finally:
-    writer.close()
+    for w in writers:
+      w.close()
     checkpoints.close()
   t_start = time.time()
-  return _export(config, dataset, workdir, state, history, devices, t_start)
-
-
-def _export(config, dataset, workdir: str, state, history: dict, devices, t_start: float) -> dict[str, Any]:
-  """Writes the final model (and each cohort member) and results.json; returns the results."""
-  variables = {"params": state.params["student"], "batch_stats": state.batch_stats}
-  last = history["epochs"][-1] if history["epochs"] else {}
-  last_top1 = last.get("test_top1", float("nan"))
-  ckpt_lib.save_model(os.path.join(workdir, "model"), variables,
-                      model_meta(config, dataset, config.epochs, last_top1))
-  members = _export_members(config, dataset, workdir, variables, last.get("members_test_top1"))
-  history["wall_seconds"] = history.get("wall_seconds", 0.0) + (time.time() - t_start)
-  results = {
-      "method": config.method, "teacher": config.teacher.arch or (list(config.teachers) or None),
-      "student": config.model,
-      "dataset": dataset.name, "epochs": config.epochs, "seed": config.seed,
-      "best_top1": history["best_top1"], "best_epoch": history["best_epoch"],
-      "last_top1": last_top1, "teacher_top1": history.get("teacher_top1"),
-      "wall_seconds": history["wall_seconds"],
-      "images_per_second": history["train_images"] / max(history["train_seconds"], 1e-9),
-      "devices": f"{len(devices)} x {devices[0].device_kind}",
-      "config": config.to_dict(),
-  }
-  if members:
-    results["members"] = members
-  if jax.process_index() == 0:
-    results_path = os.path.join(workdir, "results.json")
-    with open(results_path + ".tmp", "w") as f:
-      json.dump(results, f, indent=2, default=str)
-    os.replace(results_path + ".tmp", results_path)
-  return results
-
-
-def _export_members(config, dataset, workdir: str, variables: dict, last_tops) -> list[dict]:
-  """Exports each member of a cohort model as its own model dir; their results entries."""
-  if "+" not in config.model:
-    return []
-  names = config.model.split("+")
-  history_path = os.path.join(workdir, "metrics.jsonl")
-  per_epoch = []
-  if os.path.exists(history_path):
-    with open(history_path) as f:
-      per_epoch = [json.loads(line).get("members_test_top1") for line in f if line.strip()]
-  out = []
-  for k, arch in enumerate(names):
-    member = {"params": variables["params"][f"member{k}"],
-              "batch_stats": variables["batch_stats"].get(f"member{k}", {})}
-    meta = dict(model_meta(config, dataset, config.epochs, last_tops[k] if last_tops else float("nan")),
-                arch=arch)
-    path = os.path.join(workdir, "members", f"member{k}")
-    ckpt_lib.save_model(path, member, meta)
-    tops = [e[k] for e in per_epoch if e]
-    out.append({"arch": arch, "model_dir": path, "last_top1": last_tops[k] if last_tops else None,
-                "best_top1": max(tops) if tops else None})
-  return out
-
-
-def model_meta(config, dataset: data_lib.Dataset, epoch: int, top1: float) -> dict:
-  """What a model directory records: enough to refuse it for the wrong use."""
-  return {"arch": config.model, "num_classes": dataset.num_classes, "dataset": dataset.name,
-          "mean": list(dataset.mean), "std": list(dataset.std), "epoch": epoch, "test_top1": top1,
-          "method": config.method, "image_size": int(data_lib.image_shape(dataset)[0])}
+  if seeds:
+    return seeds_lib.export(config, dataset, workdir, state, history, devices, t_start)
+  return export_lib.run(config, dataset, workdir, state, history, devices, t_start)
