@@ -41,8 +41,8 @@ def check(name: str, dataset, mesh) -> str:
     fitter = train.Fitter(c, run, dataset, mesh, "/tmp", name)
     images, labels, perm = next(fitter.train_inputs(0))
     _, metrics = run.train_step(run.state, run.teacher_vars, images, labels, perm)
-    losses = np.asarray(metrics["loss"])
-    return f"{name:10s} OK       losses per seed {losses.round(4).tolist()}"
+    losses = ", ".join(f"{float(v):.4f}" for v in np.asarray(metrics["loss"]))
+    return f"{name:10s} OK       losses per seed {losses}"
   except UserError as e:
     return f"{name:10s} REFUSED  {e}"
 
