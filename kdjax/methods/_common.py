@@ -49,7 +49,7 @@ def single_teacher(teacher_out: Any, name: str) -> base.ModelOutput:
 
 def ce_plus_feature_method(name: str, ce_weight: float, feat_weight: float, term: TermFn,
                            init: Callable[..., tuple[PyTree, PyTree]] = base.empty_init,
-                           ) -> base.Method:
+                           **method_fields) -> base.Method:
   """Method with loss `ce_weight * CE + feat_weight * term`; logs `loss_ce`, raw `loss_<name>`."""
 
   def loss(params, state, student_out, teacher_out, batch, progress):
@@ -60,7 +60,7 @@ def ce_plus_feature_method(name: str, ce_weight: float, feat_weight: float, term
     metrics = {"loss_ce": ce, f"loss_{name}": value}
     return ce_weight * ce + feat_weight * value, metrics, new_state
 
-  return base.Method(name=name, needs_teacher=True, loss=loss, init=init)
+  return base.Method(name=name, needs_teacher=True, loss=loss, init=init, **method_fields)
 
 
 # node_term(config.<name>, params, state, student_features, teacher_features) -> (term, new state)
@@ -70,7 +70,7 @@ NodeInitFn = Callable[..., tuple[PyTree, PyTree]]
 
 
 def register_feature_method(name: str, term: NodeTermFn, init: NodeInitFn | None = None, *,
-                            defaults: dict[str, Any]) -> None:
+                            defaults: dict[str, Any], **method_fields) -> None:
   """Registers `name` as `ce_weight * CE + feat_weight * term`, hyperparameters in `config.<name>`.
 
   `term` and `init` get the method's config node first; `defaults` (with `ce_weight`
@@ -85,7 +85,7 @@ def register_feature_method(name: str, term: NodeTermFn, init: NodeInitFn | None
         del data_info
         return init(node, rng, student_out[1], single_teacher(teacher_out, name)[1])
     return ce_plus_feature_method(name, float(node.ce_weight), float(node.feat_weight),
-                                  functools.partial(term, node), method_init)
+                                  functools.partial(term, node), method_init, **method_fields)
 
   make.__doc__ = f"{name} from `config.{name}` ({', '.join(sorted(defaults))})."
   registry.register(name, defaults=defaults)(make)

@@ -117,7 +117,9 @@ class Method:
     member, stacked on a leading axis; the teacher, if any, sees the first);
   * `teacher_bn_mode`: how the frozen teacher's BatchNorms run, `eval` (running
     statistics) or `batch_stats` (the batch's, as references that never call
-    `teacher.eval()`: mdistiller's OFD, ReviewKD's release).
+    `teacher.eval()`: mdistiller's OFD, ReviewKD's release);
+  * `lapack_in_step`: the loss runs LAPACK decompositions (KDSVD's SVDs), which several
+    seeds unrolled in one XLA:CPU program can deadlock (kdjax/linalg.py).
   """
   name: str
   needs_teacher: bool
@@ -132,6 +134,7 @@ class Method:
   needs_teacher_variables: bool = False
   views: int = 1
   teacher_bn_mode: str = "eval"
+  lapack_in_step: bool = False
 
   def __post_init__(self):
     if self.teacher_bn_mode not in TEACHER_BN_MODES:

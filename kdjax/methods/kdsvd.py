@@ -151,4 +151,5 @@ def _term(c: ml_collections.ConfigDict, params, state, student_feats, teacher_fe
   return kdsvd_loss(student_feats["feats"][1:], teacher_feats["feats"][1:], int(c.k)), state
 
 
-_common.register_feature_method("kdsvd", _term, defaults=dict(ce_weight=1.0, feat_weight=1.0, k=1))
+_common.register_feature_method("kdsvd", _term, defaults=dict(ce_weight=1.0, feat_weight=1.0, k=1),
+                                lapack_in_step=True)

@@ -352,7 +352,8 @@ class Fitter:
     raise_if_nonfinite(state, self.config)
     if not self.run.seeds:
       return
-    for k, (h, bad) in enumerate(zip(history["seeds"], np.asarray(state.nonfinite_step).tolist())):
+    # raise_if_nonfinite fetched the same small array; the second read comes from the host copy.
+    for h, bad in zip(history["seeds"], np.asarray(state.nonfinite_step).tolist()):
       if bad >= 0 and "diverged_at_step" not in h:
         h["diverged_at_step"] = bad
         log(f"[kdjax] {self.name}: seed {h['seed']} diverged (non-finite loss or gradient) at step "

@@ -52,13 +52,14 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
         f"teacher checkpoint {path!r} (config.teacher.checkpoint) does not exist. Give a kdjax run "
         "workdir, a directory from `python -m kdjax.convert`, a PyTorch .pth file, or leave it "
         "empty to train the teacher first.")
-  if config.teacher.recipe != "vanilla" and not methods_lib.get(config.method, config).needs_teacher:
+  method = methods_lib.get(config.method, config)
+  if config.teacher.recipe != "vanilla" and not method.needs_teacher:
     raise UserError(f"config.teacher.recipe={config.teacher.recipe!r} trains a teacher, but method "
                     f"{config.method!r} does not distill from one; pick a method that does (kd, dkd, "
                     "reviewkd, fitnet, ...) or leave teacher.recipe 'vanilla'.")
   if config.dtype not in ("float32", "bfloat16"):
     raise UserError(f"config.dtype={config.dtype!r}; valid: 'float32', 'bfloat16'.")
-  seeds_lib.check(config, methods_lib.get(config.method, config), data_lib.streams(config.data.name))
+  seeds_lib.check(config, method, data_lib.streams(config.data.name))
 
 
 def run_name(config: ml_collections.ConfigDict) -> str:

@@ -60,11 +60,12 @@ def check(config: ml_collections.ConfigDict, method: methods_base.Method, stream
                     "their own data order; train them as separate runs.")
   if jax.process_count() > 1:
     raise UserError("config.seeds runs on one host; on several hosts train the seeds as separate runs.")
-  if config.method == "kdsvd" and map_mode(config, jax.default_backend()) == "sequential":
-    # Seen hanging (> 6 min for one step) on the 2-core CPU: several seeds' LAPACK SVDs in one
-    # XLA:CPU program, the thread-pool starvation kdjax/linalg.py orders away within one seed.
-    raise UserError("kdsvd's SVDs of several seeds in one CPU program can deadlock XLA:CPU's thread "
-                    "pool (kdjax/linalg.py); use --config.seeds_map=vmap or train its seeds separately.")
+  if method.lapack_in_step and map_mode(config, jax.default_backend()) == "sequential":
+    # Seen hanging (> 6 min for one step of kdsvd) on the 2-core CPU: several seeds' LAPACK SVDs
+    # in one XLA:CPU program, the thread-pool starvation kdjax/linalg.py orders away in one seed.
+    raise UserError(f"{config.method}'s LAPACK decompositions of several seeds in one CPU program can "
+                    "deadlock XLA:CPU's thread pool (kdjax/linalg.py); use --config.seeds_map=vmap or "
+                    "train its seeds separately.")
 
 
 def keys(seeds: Sequence[int]) -> tuple[jax.Array, jax.Array, jax.Array]:
