@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from kdjax import convert, methods, models, recipes, train
 from tests.torch_reference import losses as ref
 from tests.torch_reference import models as torch_models
+from tests.torch_reference import optimizers
 
 MEAN, STD = (0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761)
 TEACHER, STUDENT, BATCH, NUM_CLASSES = "resnet14", "resnet8", 32, 100
@@ -51,21 +52,21 @@ def _torch_batch(images, labels, i):
   return torch.tensor(x.transpose(0, 3, 1, 2)), torch.tensor(labels[i * BATCH:(i + 1) * BATCH], dtype=torch.long)
 
 
-def _torch_loss(method, s_logits, t_logits, y, epoch):
-  if method == "kd":
-    return 0.1 * F.cross_entropy(s_logits, y) + 0.9 * ref.kd(s_logits, t_logits, 4.0)
+def _torch_terms(method, s_logits, t_logits, y, epoch):
+  """(task term, distillation term) of the loss; the loss is their sum."""
+  if method in ("kd", "dot"):  # DOT's default distiller is KD with mdistiller's weights
+    return 0.1 * F.cross_entropy(s_logits, y), 0.9 * ref.kd(s_logits, t_logits, 4.0)
   warm = min((epoch + 1) / 20.0, 1.0)  # mdistiller counts epochs from 1
-  return F.cross_entropy(s_logits, y) + warm * ref.dkd(s_logits, t_logits, y, 1.0, 8.0, 4.0)
+  return F.cross_entropy(s_logits, y), warm * ref.dkd(s_logits, t_logits, y, 1.0, 8.0, 4.0)
 
 
 def _kdjax_setup(method_name, teacher_vars, student_vars, steps_per_epoch):
   config = recipes.base_config()
   config.method = method_name
-  lr_fn = train.create_learning_rate_fn(config, steps_per_epoch)
-  tx = train.create_optimizer(config, lr_fn)
   teacher = models.get(TEACHER, NUM_CLASSES)
   student = models.get(STUDENT, NUM_CLASSES)
   method = methods.get(method_name, config)
+  (tx,), lr_fn = train.create_optimizers(config, method, steps_per_epoch)  # DOT brings its own
   params = {"student": jax.tree.map(jnp.asarray, student_vars["params"]), "method": {}}
   state = train.TrainState(step=jnp.zeros((), jnp.int32), params=params,
                            batch_stats=jax.tree.map(jnp.asarray, student_vars["batch_stats"]),
@@ -93,7 +94,11 @@ def _run_both(method_name, num_steps, steps_per_epoch, torch_dtype=torch.float32
     state, metrics = step(state, (teacher_vars,), jimages, jlabels, perm)
     jax_losses.append(float(metrics["loss"]))
 
-  opt = torch.optim.SGD(student_t.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+  params = list(student_t.parameters())
+  if method_name == "dot":
+    opt = optimizers.DOT(params, lr=0.05, momentum=0.9, delta=0.075, weight_decay=5e-4)
+  else:
+    opt = torch.optim.SGD(params, lr=0.05, momentum=0.9, weight_decay=5e-4)
   torch_losses = []
   for s in range(num_steps):
     x, y = _torch_batch(images, labels, s % steps_per_epoch)
@@ -101,16 +106,19 @@ def _run_both(method_name, num_steps, steps_per_epoch, torch_dtype=torch.float32
     with torch.no_grad():
       t_logits, _ = teacher_t(x)
     s_logits, _ = student_t(x)
-    loss = _torch_loss(method_name, s_logits, t_logits, y, s // steps_per_epoch)
-    opt.zero_grad()
-    loss.backward()
-    opt.step()
-    torch_losses.append(loss.item())
+    task, distill = _torch_terms(method_name, s_logits, t_logits, y, s // steps_per_epoch)
+    if method_name == "dot":  # two backward passes through one forward, as mdistiller's DOT trainer
+      opt.step(torch.autograd.grad(task, params, retain_graph=True), torch.autograd.grad(distill, params))
+    else:
+      opt.zero_grad()
+      (task + distill).backward()
+      opt.step()
+    torch_losses.append((task + distill).item())
   assert int(state.nonfinite_step) == -1
   return state, student_t, np.array(jax_losses), np.array(torch_losses)
 
 
-@pytest.mark.parametrize("method_name", ["kd", "dkd"])
+@pytest.mark.parametrize("method_name", ["kd", "dkd", "dot"])
 def test_one_step_matches_pytorch(method_name):
   """Compared with PyTorch in float64: PyTorch's own float32 step differs from it by ~1e-5 on DKD."""
   state, student_t, jax_losses, torch_losses = _run_both(method_name, 1, 4, torch.float64)
@@ -148,3 +156,20 @@ def test_fifty_dkd_steps_loss_curve_matches_pytorch_in_float64():
     _, _, jax_losses, torch_losses = _run_both("dkd", 50, 5, torch.float64, jax_dtype=np.float64)
   np.testing.assert_allclose(jax_losses, torch_losses, atol=1e-3)
   assert np.max(np.abs(jax_losses - torch_losses)) < 1e-6
+
+
+def test_three_dot_steps_match_pytorch_in_float64():
+  """KD + DOT for three steps (both momentum buffers in play), both sides in float64."""
+  with jax.enable_x64(True):
+    state, student_t, jax_losses, torch_losses = _run_both("dot", 3, 4, torch.float64, jax_dtype=np.float64)
+  np.testing.assert_allclose(jax_losses, torch_losses, rtol=1e-9)
+  # The parameters' movement (the inputs are normalised in float32 on kdjax's side: ~1e-8).
+  start = {k: v.double().numpy() for k, v in _torch_pair(0)[1].state_dict().items()}
+  ours = convert.variables_to_state_dict(
+      {"params": jax.device_get(state.params["student"]), "batch_stats": jax.device_get(state.batch_stats)},
+      STUDENT, NUM_CLASSES)
+  for key, value in student_t.state_dict().items():
+    if key.endswith("num_batches_tracked"):
+      continue
+    moved = np.max(np.abs(value.numpy() - start[key]))
+    assert moved > 0 and np.max(np.abs(ours[key] - value.numpy())) <= 1e-6 * moved, key

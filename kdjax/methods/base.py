@@ -76,10 +76,16 @@ class Update:
   pass. `optimizer(steps_per_epoch)` returns the pass's `(optax transformation,
   LR schedule)` (the schedule is what the run logs as `lr` when this is the main pass);
   None means the run's optimizer (`config.optim`, PyTorch SGD).
+
+  `grad_groups` > 1: `loss` returns a tuple of that many scalar terms instead of one
+  loss, the step takes the gradient of each term separately (one forward pass, one
+  backward pass per term) and the optimizer's `update` receives the tuple of gradient
+  trees (DOT's separate momenta for the task and the distillation gradients).
   """
   loss: LossFn
   trains: Callable[[ParamPath], bool] = trains_all
   optimizer: Optional[Callable[[int], tuple[Any, Any]]] = None
+  grad_groups: int = 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,6 +99,18 @@ class Prestage:
   """
   epochs: int
   update: Update
+
+
+@dataclasses.dataclass(frozen=True)
+class Deployed:
+  """The network a method's student is at test time, when it is more than the student (SimKD).
+
+  `arch(student_arch, student_out, teacher_out)` names it in the model zoo (`kdjax.models.get`)
+  from the shapes of both networks' outputs; `variables(student_variables, method_params,
+  method_state)` are its variables. The trainer evaluates, keeps as best and exports that network.
+  """
+  arch: Callable[[str, Any, Any], str]
+  variables: Callable[[dict, PyTree, PyTree], dict]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,7 +137,12 @@ class Method:
     statistics) or `batch_stats` (the batch's, as references that never call
     `teacher.eval()`: mdistiller's OFD, ReviewKD's release);
   * `lapack_in_step`: the loss runs LAPACK decompositions (KDSVD's SVDs), which several
-    seeds unrolled in one XLA:CPU program can deadlock (kdjax/linalg.py).
+    seeds unrolled in one XLA:CPU program can deadlock (kdjax/linalg.py);
+  * `split_loss`: `loss` as its two terms, `((task, distillation), metrics, state)` with
+    `loss` = task + distillation (KD, DKD), for optimizers that treat them apart (DOT);
+  * `grad_groups`: as `Update.grad_groups`, for the main pass;
+  * `deployed`: what the student is at test time when it is more than the student network
+    (SimKD: with its projector and the teacher's classifier); None: the student.
   """
   name: str
   needs_teacher: bool
@@ -135,6 +158,9 @@ class Method:
   views: int = 1
   teacher_bn_mode: str = "eval"
   lapack_in_step: bool = False
+  split_loss: Optional[LossFn] = None
+  grad_groups: int = 1
+  deployed: Optional[Deployed] = None
 
   def __post_init__(self):
     if self.teacher_bn_mode not in TEACHER_BN_MODES:
@@ -146,7 +172,17 @@ class Method:
   @property
   def passes(self) -> tuple[Update, ...]:
     """The optimisation passes of one step, in order: the main `loss`, then `extra_updates`."""
-    return (Update(self.loss, self.trains, self.optimizer),) + tuple(self.extra_updates)
+    return (Update(self.loss, self.trains, self.optimizer, self.grad_groups),) + tuple(self.extra_updates)
+
+
+def summed(split_loss: LossFn) -> LossFn:
+  """The loss whose value is the sum of `split_loss`'s terms (metrics and state passed through)."""
+
+  def loss(*args):
+    terms, metrics, state = split_loss(*args)
+    return sum(terms[1:], terms[0]), metrics, state
+
+  return loss
 
 
 def at_least_f32(x: jax.Array) -> jax.Array:

@@ -31,20 +31,23 @@ from kdjax.errors import UserError
 from kdjax.methods import base, registry
 
 
-def _split_target(logits: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """(target logit (B,), non-target logits (B, C-1)) by gathering, not masking."""
-  num_classes = logits.shape[-1]
+def other_classes(labels: jax.Array, num_classes: int) -> jax.Array:
+  """(B, C-1) indices of each row's non-target classes, in class order."""
   r = jnp.arange(num_classes - 1)[None, :]
   # Index map r -> r + [r >= y] skips the target column and keeps class order.
-  others = r + (r >= labels[:, None]).astype(r.dtype)
+  return r + (r >= labels[:, None]).astype(r.dtype)
+
+
+def split_target(logits: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """(target logit (B,), non-target logits (B, C-1)) by gathering, not masking."""
   target = jnp.take_along_axis(logits, labels[:, None], axis=-1)[:, 0]
-  return target, jnp.take_along_axis(logits, others, axis=-1)
+  return target, jnp.take_along_axis(logits, other_classes(labels, logits.shape[-1]), axis=-1)
 
 
 def _decoupled_kl(s: jax.Array, u: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.Array]:
   """Per-sample (TCKD, NCKD) for scaled student logits `s` and teacher logits `u`."""
-  s_t, s_n = _split_target(s, labels)
-  u_t, u_n = _split_target(u, labels)
+  s_t, s_n = split_target(s, labels)
+  u_t, u_n = split_target(u, labels)
   # log b = [log p_target, log p_nontarget], each a log-sum-exp difference.
   s_lse_n, u_lse_n = jax.nn.logsumexp(s_n, axis=-1), jax.nn.logsumexp(u_n, axis=-1)
   s_lz, u_lz = jnp.logaddexp(s_t, s_lse_n), jnp.logaddexp(u_t, u_lse_n)
@@ -83,7 +86,7 @@ def make(cfg: ml_collections.ConfigDict) -> base.Method:
   warmup, epoch_base = float(c.warmup_epochs), int(c.warmup_epoch_base)
   prepare = base.logit_preprocess(bool(c.logit_standardization))
 
-  def loss(params, state, student_out, teacher_out, batch, progress):
+  def terms(params, state, student_out, teacher_out, batch, progress):
     del params
     labels = batch["label"]
     ce = base.cross_entropy(student_out[0], labels)
@@ -92,6 +95,7 @@ def make(cfg: ml_collections.ConfigDict) -> base.Method:
     ramp = base.warmup_factor(progress, warmup, epoch_base)
     metrics = {"loss_ce": ce, "loss_dkd": dkd, "loss_tckd": tckd, "loss_nckd": nckd,
                "dkd_warmup": ramp}
-    return w_ce * ce + ramp * dkd, metrics, state
+    return (w_ce * ce, ramp * dkd), metrics, state
 
-  return base.Method(name="dkd", needs_teacher=True, loss=loss, multi_teacher=True)
+  return base.Method(name="dkd", needs_teacher=True, loss=base.summed(terms), split_loss=terms,
+                     multi_teacher=True)

@@ -40,10 +40,11 @@ def make(cfg: ml_collections.ConfigDict) -> base.Method:
   t, w_ce, w_kd = float(cfg.kd.temperature), float(cfg.kd.ce_weight), float(cfg.kd.kd_weight)
   prepare = base.logit_preprocess(bool(cfg.kd.logit_standardization))
 
-  def loss(params, state, student_out, teacher_out, batch, progress):
+  def terms(params, state, student_out, teacher_out, batch, progress):
     del params, progress
     ce = base.cross_entropy(student_out[0], batch["label"])
     kd = kd_loss(prepare(student_out[0]), prepare(base.ensemble_logits(teacher_out)), t)
-    return w_ce * ce + w_kd * kd, {"loss_ce": ce, "loss_kd": kd}, state
+    return (w_ce * ce, w_kd * kd), {"loss_ce": ce, "loss_kd": kd}, state
 
-  return base.Method(name="kd", needs_teacher=True, loss=loss, multi_teacher=True)
+  return base.Method(name="kd", needs_teacher=True, loss=base.summed(terms), split_loss=terms,
+                     multi_teacher=True)

@@ -61,6 +61,10 @@ def create_optimizers(config: ml_collections.ConfigDict, method: methods_base.Me
       raise TypeError(f"method {method.name!r}, pass {k}: `optimizer(steps_per_epoch)` must return "
                       f"(optax transformation, LR schedule), got {type(made).__name__}")
     tx, schedule = made
+    if update.grad_groups > 1 and (update.trains is not methods_base.trains_all or update.optimizer is None):
+      # The masks and the run's SGD take one gradient tree; a tuple of them needs its own optimizer.
+      raise TypeError(f"method {method.name!r}, pass {k}: {update.grad_groups} gradient groups need "
+                      "the pass's own optimizer and no parameter mask")
     txs.append(masked(tx, update.trains))
     schedules.append(schedule)
   return tuple(txs), schedules[0]

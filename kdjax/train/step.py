@@ -38,6 +38,11 @@ class TrainState:
   nonfinite_step: jax.Array
 
 
+def student_variables(state: TrainState) -> dict:
+  """The student network's variables in `state`."""
+  return {"params": state.params["student"], "batch_stats": state.batch_stats}
+
+
 def create_train_state(rng: jax.Array, model, method: methods_lib.Method,
                        txs: Sequence[optax.GradientTransformation],
                        image_shape: tuple[int, ...], teacher_out_fn=None,
@@ -123,8 +128,8 @@ def train_step(state: TrainState, teacher_vars: Sequence[PyTree], images, labels
                                                          teacher_out, batch, progress)
       return loss, (pass_metrics, mutated["batch_stats"], new_method_state, out[0])
 
-    (loss, (pass_metrics, batch_stats, method_state, pass_logits)), grads = jax.value_and_grad(
-        loss_fn, has_aux=True)(params)
+    (loss, (pass_metrics, batch_stats, method_state, pass_logits)), grads = _value_and_grads(
+        loss_fn, params, update.grad_groups)
     updates, opt_state_k = tx_k.update(grads, opt_states[k], params)
     params = optax.apply_updates(params, updates)
     new_opt_states.append(opt_state_k)
@@ -146,6 +151,20 @@ def train_step(state: TrainState, teacher_vars: Sequence[PyTree], images, labels
   metrics = dict(metrics, loss=total, lr=spec.lr_fn(state.step),
                  top1=100.0 * jnp.sum(jnp.argmax(logits, -1) == y) / jnp.maximum(jnp.sum(y >= 0), 1))
   return new_state, metrics
+
+
+def _value_and_grads(loss_fn: Callable, params: PyTree, groups: int):
+  """`((loss, aux), grads)` of a pass; with several gradient groups `loss_fn` returns one term
+  per group, `loss` is their sum and `grads` a tuple with each term's gradient (one forward)."""
+  if groups == 1:
+    return jax.value_and_grad(loss_fn, has_aux=True)(params)
+  terms, vjp_fn, aux = jax.vjp(loss_fn, params, has_aux=True)
+  if len(terms) != groups:
+    raise ValueError(f"a pass with {groups} gradient groups returned {len(terms)} loss terms")
+  zeros = [jnp.zeros_like(t) for t in terms]
+  grads = tuple(vjp_fn(tuple(jnp.ones_like(t) if j == i else zeros[j] for j, t in enumerate(terms)))[0]
+                for i in range(groups))
+  return (sum(terms[1:], terms[0]), aux), grads
 
 
 def step_spec(model, method: methods_lib.Method, txs: Sequence[optax.GradientTransformation], lr_fn,
