@@ -13,6 +13,7 @@ import functools
 from typing import Any, Callable, Sequence
 
 import jax
+import jax.numpy as jnp
 import optax
 
 from kdjax import ops, torch_optim
@@ -45,6 +46,23 @@ def single_teacher(teacher_out: Any, name: str) -> base.ModelOutput:
   if not isinstance(teacher_out, tuple):
     raise UserError(f"method {name!r} distills from one teacher; got {type(teacher_out).__name__}.")
   return teacher_out
+
+
+def teacher_classifier(teacher_variables: Any, width: int) -> dict[str, jax.Array]:
+  """The teacher's final linear layer `{'kernel': (width, classes), 'bias'}`, for methods that
+  reuse it (SRD, SimKD); refused unless it reads a `width`-wide representation."""
+  params = (teacher_variables or {}).get("params", {})
+  for name in ops.CLASSIFIER_NAMES:
+    layer = params.get(name)
+    while isinstance(layer, dict) and "kernel" not in layer and len(layer) == 1:
+      layer = next(iter(layer.values()))  # MobileNetV2's `classifier` is a Sequential of one Linear
+    if isinstance(layer, dict) and "kernel" in layer:
+      if layer["kernel"].shape[0] != width:
+        raise UserError(f"the teacher's classifier `{name}` reads {layer['kernel'].shape[0]} features, "
+                        f"not the {width} of its last feature map; this method needs a teacher whose "
+                        "classifier follows its last stage (ResNet, WRN, VGG, ResNet50).")
+      return {"kernel": jnp.asarray(layer["kernel"]), "bias": jnp.asarray(layer["bias"])}
+  raise UserError(f"no classifier ({', '.join(ops.CLASSIFIER_NAMES)}) among the teacher's parameters.")
 
 
 def ce_plus_feature_method(name: str, ce_weight: float, feat_weight: float, term: TermFn,
