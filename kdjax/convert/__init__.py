@@ -40,6 +40,19 @@ def from_torch(path: str, arch: str, num_classes: int = 100,
 
 
 def to_torch(variables: Mapping[str, Any], path: str, arch: str | None = None,
-             num_classes: int | None = None) -> None:
-  """Writes Flax variables as a PyTorch .pth holding `{"model": state_dict}`."""
-  torch_io.save_pth(variables_to_state_dict(variables, arch, num_classes), path)
+             num_classes: int | None = None) -> str:
+  """Writes Flax variables as a PyTorch .pth holding `{"model": state_dict}`; returns what it holds.
+
+  A SimKD student (`simkd(...)`) is written as its release saves it, `{"model": the student's
+  state_dict, "proj": the projector's (`transfer.*`)}`, plus `"cls_t"`, the teacher's classifier
+  (`weight`, `bias`) it predicts through, which the release reads from the teacher instead.
+  """
+  sd = variables_to_state_dict(variables, arch, num_classes)
+  if arch and arch.startswith("simkd("):
+    part = lambda prefix: {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+    torch_io.save_pth({"model": part("student."), "proj": {k: v for k, v in sd.items() if k.startswith("transfer.")},
+                       "cls_t": part("cls_t.")}, path, wrap=False)
+    return ("'model' (the student network), 'proj' (SimKD's projector, transfer.*) and 'cls_t' (the "
+            "teacher's classifier the student predicts through)")
+  torch_io.save_pth(sd, path)
+  return "'model' (the network's state_dict)"

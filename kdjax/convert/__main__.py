@@ -84,8 +84,8 @@ def export_torch_checkpoint(args: argparse.Namespace) -> str:
     raise CliError("--to-torch needs --model=DIR (a kdjax model directory or run workdir)")
   variables, meta = checkpoint.load_model(args.model)
   arch = args.arch or meta.get("arch")
-  convert.to_torch(variables, args.out, arch=arch, num_classes=meta.get("num_classes"))
-  return f"wrote {arch or 'model'} from {args.model} to {args.out}"
+  holds = convert.to_torch(variables, args.out, arch=arch, num_classes=meta.get("num_classes"))
+  return f"wrote {arch or 'model'} from {args.model} to {args.out}: {holds}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

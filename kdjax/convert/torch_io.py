@@ -59,11 +59,12 @@ def load_pth(path: str) -> Any:
   return obj
 
 
-def save_pth(state_dict: Mapping[str, np.ndarray], path: str) -> None:
-  """Writes `{"model": state_dict}` (the RepDistiller / mdistiller layout) as a .pth file."""
+def save_pth(state_dict: Mapping[str, Any], path: str, wrap: bool = True) -> None:
+  """Writes `{"model": state_dict}` (the RepDistiller / mdistiller layout) as a .pth file; with
+  `wrap=False`, `state_dict` is already `{entry: state_dict}` (several networks' parts)."""
   torch = import_torch()
-  tensors = {k: torch.from_numpy(np.array(v, copy=True)) for k, v in state_dict.items()}
-  torch.save({"model": tensors}, path)
+  tensors = lambda sd: {k: torch.from_numpy(np.array(v, copy=True)) for k, v in sd.items()}
+  torch.save({"model": tensors(state_dict)} if wrap else {k: tensors(v) for k, v in state_dict.items()}, path)
 
 
 def sha256(path: str) -> str:

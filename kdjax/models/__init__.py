@@ -12,7 +12,9 @@ Module and parameter names mirror the published PyTorch `state_dict` keys
 checkpoints convert by a generic rule (see `kdjax.convert`).
 
 A name 'A+B[+...]' of registered models is a cohort (`kdjax.models.cohort`): the
-members trained together by the online methods; `names()` lists registered models only.
+members trained together by the online methods; 'simkd(S,channels=C,hw=H,factor=F)' is
+SimKD's student S as it predicts, with its projector and the teacher's classifier
+(`kdjax.models.simkd`); `names()` lists registered models only.
 """
 from __future__ import annotations
 
@@ -22,14 +24,17 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from kdjax.errors import UserError
-from kdjax.models import cohort, registry
+from kdjax.models import cohort, registry, simkd
 
 register = registry.register
 names = registry.names
 
 
 def exists(name: str) -> bool:
-  """Whether `get(name)` builds a model: a registered name, or a cohort 'A+B[+...]' of them."""
+  """Whether `get(name)` builds a model: a registered name, a cohort 'A+B[+...]' of them, or a
+  SimKD student of one."""
+  if name.startswith(simkd.PREFIX):
+    return exists(simkd.parse(name)[0])
   parts = cohort.split_name(name)
   return name in names() or (len(parts) > 1 and all(p in names() for p in parts))
 
@@ -50,6 +55,10 @@ def get(name: str, num_classes: int = 100, **kwargs) -> nn.Module:
     own = {k: kwargs.pop(k) for k in ("dtype", "ensemble") if k in kwargs}
     return cohort.Cohort(members=tuple(parts), num_classes=num_classes,
                          member_kwargs=tuple(sorted(kwargs.items())), **own)
+  if name.startswith(simkd.PREFIX):
+    student, channels, hw, factor = simkd.parse(name)
+    return simkd.SimKDStudent(get(student, num_classes, **kwargs), channels, hw, factor, num_classes,
+                              dtype=kwargs.get("dtype"))
   if name not in names():
     raise UserError(f"unknown model {name!r}; valid models: {', '.join(names())}")
   return registry.factory(name)(num_classes=num_classes, **kwargs)

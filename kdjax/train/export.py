@@ -13,14 +13,14 @@ from kdjax import checkpoint as ckpt_lib
 from kdjax import data as data_lib
 
 
-def run(config: ml_collections.ConfigDict, dataset: data_lib.Dataset, workdir: str, state, history: dict,
-        devices, t_start: float) -> dict[str, Any]:
-  """Writes the final model (and each cohort member) and results.json; returns the results."""
-  variables = {"params": state.params["student"], "batch_stats": state.batch_stats}
+def run(config: ml_collections.ConfigDict, dataset: data_lib.Dataset, workdir: str, variables: dict,
+        history: dict, devices, t_start: float, arch: str | None = None) -> dict[str, Any]:
+  """Writes the final model `variables` (of `arch`, default config.model; and each cohort member)
+  and results.json; returns the results."""
   last = history["epochs"][-1] if history["epochs"] else {}
   last_top1 = last.get("test_top1", float("nan"))
   ckpt_lib.save_model(os.path.join(workdir, "model"), variables,
-                      model_meta(config, dataset, config.epochs, last_top1))
+                      model_meta(config, dataset, config.epochs, last_top1, arch=arch))
   members = members_of(config, dataset, workdir, variables, last.get("members_test_top1"))
   history["wall_seconds"] = history.get("wall_seconds", 0.0) + (time.time() - t_start)
   results = {
@@ -73,8 +73,9 @@ def members_of(config, dataset, workdir: str, variables: dict, last_tops) -> lis
   return out
 
 
-def model_meta(config, dataset: data_lib.Dataset, epoch: int, top1: float) -> dict:
-  """What a model directory records: enough to refuse it for the wrong use."""
-  return {"arch": config.model, "num_classes": dataset.num_classes, "dataset": dataset.name,
+def model_meta(config, dataset: data_lib.Dataset, epoch: int, top1: float, arch: str | None = None) -> dict:
+  """What a model directory records (`arch`: the network it holds, default config.model): enough
+  to refuse it for the wrong use."""
+  return {"arch": arch or config.model, "num_classes": dataset.num_classes, "dataset": dataset.name,
           "mean": list(dataset.mean), "std": list(dataset.std), "epoch": epoch, "test_top1": top1,
           "method": config.method, "image_size": int(data_lib.image_shape(dataset)[0])}

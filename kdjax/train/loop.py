@@ -242,7 +242,7 @@ class Fitter:
 
   def model_top1s(self, state: TrainState) -> list[list[float]]:
     """Per model (the run, or each seed): the test top-1 of it and of each cohort member."""
-    tops = self.top1(self.run.evaluate, {"params": state.params["student"], "batch_stats": state.batch_stats})
+    tops = self.top1(self.run.evaluate, self.run.deploy(state))
     n = max(self.run.seeds, 1)
     return [tops[k * len(tops) // n:(k + 1) * len(tops) // n] for k in range(n)]
 
@@ -283,8 +283,7 @@ class Fitter:
       if tops[0] > h["best_top1"]:
         h["best_top1"], h["best_epoch"] = tops[0], epoch + 1
         if on_epoch_end is not None:
-          variables = {"params": state.params["student"], "batch_stats": state.batch_stats}
-          on_epoch_end(k, model_view(variables, k, n), epoch + 1, tops[0])
+          on_epoch_end(k, model_view(self.run.deploy(state), k, n), epoch + 1, tops[0])
     if not n:
       record = history["epochs"][-1]
       return (f"test top-1 {record['test_top1']:.2f}% (best {history['best_top1']:.2f}% at epoch "

@@ -22,6 +22,7 @@ from typing import Any, Callable, Optional, Sequence
 
 from absl import logging
 import jax
+import jax.numpy as jnp
 import ml_collections
 import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
@@ -105,6 +106,8 @@ class Run:
   tx: tuple             # one optimizer per pass
   teacher_vars: tuple   # one variables tree per teacher: the step's second argument
   seeds: int = 0        # 0: one model; N: N seeds' states stacked on a leading axis
+  arch: str = ""        # the network evaluated and exported: config.model, or the method's deployed one
+  deploy: Callable = step_lib.student_variables  # TrainState -> that network's variables
 
 
 def build(config: ml_collections.ConfigDict, dataset: data_lib.Dataset, mesh: jax.sharding.Mesh,
@@ -150,6 +153,7 @@ def build(config: ml_collections.ConfigDict, dataset: data_lib.Dataset, mesh: ja
                             crop_padding=config.data.crop_padding, flip=config.data.flip,
                             aug_key=aug_key[0] if seeds else aug_key, batch_sharding=batch_sharding,
                             teacher_bn_mode=method.teacher_bn_mode, views=method.views, streaming=streaming)
+  arch, deploy = _deployed(config, method, model, data_lib.image_shape(dataset), teacher_out_fn)
   mode = seeds_lib.map_mode(config, mesh.devices.flat[0].platform) if seeds else ""
   step_fn = (functools.partial(seeds_lib.train_step, spec=spec, aug_keys=aug_key, mode=mode) if seeds
              else functools.partial(step_lib.train_step, spec=spec))
@@ -158,12 +162,27 @@ def build(config: ml_collections.ConfigDict, dataset: data_lib.Dataset, mesh: ja
   permute = jax.jit(jax.vmap(permute_one) if seeds else permute_one, out_shardings=replicated)
   num_devices = mesh.devices.size
   eval_bs = math.ceil(config.eval_batch_size / num_devices) * num_devices
-  eval_spec = step_lib.EvalSpec(model, eval_bs, dataset.mean, dataset.std, batch_sharding, streaming)
+  eval_model = model if arch == config.model else models_lib.get(
+      arch, num_classes=dataset.num_classes, dtype=models_lib.compute_dtype(config.dtype))
+  eval_spec = step_lib.EvalSpec(eval_model, eval_bs, dataset.mean, dataset.std, batch_sharding, streaming)
   evaluate = jax.jit(functools.partial(seeds_lib.evaluate, spec=eval_spec, mode=mode) if seeds
                      else functools.partial(step_lib.evaluate, spec=eval_spec))
   return Run(state=state, train_step=train_step, permute=permute, evaluate=evaluate, lr_fn=lr_fn,
              steps_per_epoch=steps_per_epoch, eval_batch_size=eval_bs, data_key=data_key, tx=tx,
-             teacher_vars=teacher_vars, seeds=len(seeds))
+             teacher_vars=teacher_vars, seeds=len(seeds), arch=arch, deploy=deploy)
+
+
+def _deployed(config, method: methods_lib.Method, model, image_shape, teacher_out_fn) -> tuple[str, Callable]:
+  """(the network the student is at test time, TrainState -> its variables)."""
+  if method.deployed is None:
+    return config.model, step_lib.student_variables
+  x = jnp.zeros((2, *image_shape), jnp.float32)
+  student_out = jax.eval_shape(lambda: model.init_with_output(jax.random.key(0), x, train=False)[0])
+  teacher_out = jax.eval_shape(teacher_out_fn, x) if teacher_out_fn is not None else None
+  deployed = method.deployed
+  return (deployed.arch(config.model, student_out, teacher_out),
+          lambda state: deployed.variables(step_lib.student_variables(state), state.params["method"],
+                                           state.method_state))
 
 
 def plan(config: ml_collections.ConfigDict, workdir: str) -> list[tuple[ml_collections.ConfigDict, str]]:
@@ -318,7 +337,7 @@ def _train_held(config: ml_collections.ConfigDict, workdir: str, stop: loop.Stop
 
   def save_best(k, variables, epoch, top1):
     ckpt_lib.save_model(os.path.join(dirs[k], "best"), variables,
-                        export_lib.model_meta(metas[k], dataset, epoch, top1))
+                        export_lib.model_meta(metas[k], dataset, epoch, top1, arch=run.arch))
 
   writers = [loop.Writer(d, config.progress_bar and k == 0) for k, d in enumerate(dirs)]
   history["wall_seconds"] = history.get("wall_seconds", 0.0) + (time.time() - t_start)
@@ -330,5 +349,5 @@ def _train_held(config: ml_collections.ConfigDict, workdir: str, stop: loop.Stop
     checkpoints.close()
   t_start = time.time()
   if seeds:
-    return seeds_lib.export(config, dataset, workdir, state, history, devices, t_start)
-  return export_lib.run(config, dataset, workdir, state, history, devices, t_start)
+    return seeds_lib.export(config, dataset, workdir, run.deploy(state), history, devices, t_start, arch=run.arch)
+  return export_lib.run(config, dataset, workdir, run.deploy(state), history, devices, t_start, arch=run.arch)

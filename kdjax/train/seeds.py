@@ -139,9 +139,10 @@ def seed_config(config: ml_collections.ConfigDict, seed: int) -> ml_collections.
   return c
 
 
-def export(config: ml_collections.ConfigDict, dataset: data_lib.Dataset, workdir: str, state, history: dict,
-           devices, t_start: float) -> dict[str, Any]:
-  """Each seed's model and results.json under seed<k>/, then the run's results.json (mean ± std)."""
+def export(config: ml_collections.ConfigDict, dataset: data_lib.Dataset, workdir: str, variables: dict,
+           history: dict, devices, t_start: float, arch: str | None = None) -> dict[str, Any]:
+  """Each seed's model (`variables` stacked over the seeds, of `arch`) and results.json under
+  seed<k>/, then the run's results.json (mean ± std)."""
   seeds = parse(config)
   per_seed = []
   for k, (seed, h) in enumerate(zip(seeds, history["seeds"])):
@@ -149,7 +150,7 @@ def export(config: ml_collections.ConfigDict, dataset: data_lib.Dataset, workdir
     # Per seed, the shared program's throughput divided among the seeds.
     h = dict(h, **shared, train_images=history["train_images"] / len(seeds))
     results = export_lib.run(seed_config(config, seed), dataset, seed_dir(workdir, seed),
-                             loop.model_view(state, k, len(seeds)), h, devices, t_start)
+                             loop.model_view(variables, k, len(seeds)), h, devices, t_start, arch=arch)
     if "diverged_at_step" in h:
       results["diverged_at_step"] = h["diverged_at_step"]
       export_lib.write_results(seed_dir(workdir, seed), results)
