@@ -42,11 +42,16 @@ def _pair(size: Size) -> tuple[int, int]:
   return (int(size), int(size)) if isinstance(size, (int, np.integer)) else (int(size[0]), int(size[1]))
 
 
+def pool_bin(i: int, n_out: int, n_in: int) -> tuple[int, int]:
+  """[start, end) of adaptive-pooling bin i of n_out over n_in positions: [floor(i n/o), ceil((i+1) n/o))."""
+  return (i * n_in) // n_out, -((-(i + 1) * n_in) // n_out)
+
+
 def pool_matrix(n_in: int, n_out: int) -> np.ndarray:
-  """(n_out, n_in) averaging weights of the adaptive-pooling bins [floor(i n/o), ceil((i+1) n/o))."""
+  """(n_out, n_in) averaging weights of the adaptive-pooling bins (`pool_bin`)."""
   m = np.zeros((n_out, n_in))
   for i in range(n_out):
-    start, end = (i * n_in) // n_out, -((-(i + 1) * n_in) // n_out)
+    start, end = pool_bin(i, n_out, n_in)
     m[i, start:end] = 1.0 / (end - start)
   return m
 
