@@ -29,25 +29,9 @@ TABLES: dict[str, tuple[str, ...]] = {
     "sftn": ("resnet32x4,resnet8x4", "wrn_40_2,wrn_16_2", "vgg13,vgg8", "resnet32x4,ShuffleV2"),
     "fkd": ("resnet32x4,resnet8x4", "wrn_40_2,wrn_16_2", "vgg13,vgg8", "resnet32x4,ShuffleV2"),
     "afd": ("resnet32,resnet32",),
-    # Logit standardization (CVPR 2024): the 14 pairs of its README's KD+LS rows, KD beside it.
-    "ls": ("resnet32x4,resnet8x4", "vgg13,vgg8", "wrn_40_2,wrn_40_1", "wrn_40_2,wrn_16_2",
-           "resnet56,resnet20", "resnet110,resnet32", "resnet110,resnet20", "resnet32x4,ShuffleV2",
-           "resnet32x4,wrn_16_2", "resnet32x4,wrn_40_2", "wrn_40_2,resnet8x4", "wrn_40_2,MobileNetV2",
-           "vgg13,MobileNetV2", "ResNet50,MobileNetV2"),
-    # DIST (NeurIPS 2022): the six pairs of its release's CIFAR-100 table, KD beside it.
-    "dist": ("wrn_40_2,wrn_40_1", "resnet56,resnet20", "resnet32x4,resnet8x4", "ResNet50,MobileNetV2",
-             "resnet32x4,ShuffleV1", "resnet32x4,ShuffleV2"),
-    # CTKD (AAAI 2023): the six pairs of its release's CIFAR-100 table, KD beside it.
-    "ctkd": ("resnet56,resnet20", "resnet110,resnet32", "resnet110,resnet20", "wrn_40_2,wrn_16_2",
-             "wrn_40_2,wrn_40_1", "vgg13,vgg8"),
-    # ICKD (ICCV 2021): the seven pairs of its release's CIFAR-100 table, KD beside it.
-    "ickd": ("wrn_40_2,wrn_16_2", "wrn_40_2,wrn_40_1", "resnet56,resnet20", "resnet110,resnet20",
-             "resnet110,resnet32", "resnet32x4,resnet8x4", "vgg13,vgg8"),
 }
 # The methods a table runs when --methods is not given (default: kd,dkd).
-TABLE_DEFAULT_METHODS = {"imagenet": "kd,dkd", "sftn": "kd,sftn", "fkd": "kd,fkd", "afd": "dml,kdcl,afd",
-                         "ls": "kd,kd_ls", "dist": "kd,dist",
-                         "ctkd": "kd,ctkd", "ickd": "kd,ickd"}
+TABLE_DEFAULT_METHODS = {"imagenet": "kd,dkd", "sftn": "kd,sftn", "fkd": "kd,fkd", "afd": "dml,kdcl,afd"}
 # Which config files a table's methods come from (default: configs/<method>_cifar.py).
 TABLE_CONFIG_SUFFIX = {"imagenet": "_imagenet"}
 # The config whose epochs are the table's protocol length (default: the CIFAR teacher recipe).
@@ -81,11 +65,6 @@ TABLE_TITLES = {
     "sftn": "CIFAR-100, SFTN: KD from the standard teacher (`kd`) vs from the student-friendly "
             "teacher (`sftn`) (docs/sources.md [S1]; configs/sftn_cifar.py)",
     "fkd": "CIFAR-100, FKD vs KD (docs/sources.md [S2]; configs/fkd_cifar.py)",
-    "ls": "CIFAR-100, KD with logit standardization (`kd_ls`) vs KD (docs/sources.md [S5]; "
-          "configs/kd_ls_cifar.py)",
-    "ctkd": "CIFAR-100, CTKD (curriculum temperature) vs KD (docs/sources.md [S7]; configs/ctkd_cifar.py)",
-    "ickd": "CIFAR-100, ICKD-C vs KD (docs/sources.md [S8]; configs/ickd_cifar.py)",
-    "dist": "CIFAR-100, DIST vs KD (docs/sources.md [S6]; configs/dist_cifar.py)",
     "afd": "CIFAR-100, online distillation: AFD vs DML and KDCL, two networks trained together "
            "(docs/sources.md [S3]; configs/afd_cifar.py); cells are the ensemble's top-1, results.json "
            "has each network's",
@@ -251,24 +230,6 @@ REPORTED: dict[str, dict[str, float]] = {
      'resnet32x4,ShuffleV2': 74.45,
      'wrn_40_2,ShuffleV1': 74.83},
     # mdistiller README (best epoch, mean of 3 runs; docs/protocol.md §4.4)
-    # Logit standardization's README (docs/sources.md [S5]): the KD+Ours rows; epoch not stated.
-    'kd_ls_cifar': {'resnet32x4,resnet8x4': 76.62, 'vgg13,vgg8': 74.36, 'wrn_40_2,wrn_40_1': 74.37,
-                    'wrn_40_2,wrn_16_2': 76.11, 'resnet56,resnet20': 71.43, 'resnet110,resnet32': 74.17,
-                    'resnet110,resnet20': 71.48, 'resnet32x4,ShuffleV2': 75.56,
-                    'resnet32x4,wrn_16_2': 75.26, 'resnet32x4,wrn_40_2': 77.92,
-                    'wrn_40_2,resnet8x4': 77.11, 'wrn_40_2,MobileNetV2': 69.23,
-                    'vgg13,MobileNetV2': 68.61, 'ResNet50,MobileNetV2': 69.02},
-    # CTKD's release README (docs/sources.md [S7]): the KD+CTKD row; epoch not stated.
-    'ctkd_cifar': {'resnet56,resnet20': 71.19, 'resnet110,resnet32': 73.52, 'resnet110,resnet20': 70.99,
-                   'wrn_40_2,wrn_16_2': 75.45, 'wrn_40_2,wrn_40_1': 73.93, 'vgg13,vgg8': 73.52},
-    # ICKD's release README (docs/sources.md [S8]): the "ICKD-C (Ours)" row (with KL; the w/o-KL
-    # row in REPORTED_NOTES); epoch not stated.
-    'ickd_cifar': {'wrn_40_2,wrn_16_2': 75.57, 'wrn_40_2,wrn_40_1': 74.63, 'resnet56,resnet20': 71.69,
-                   'resnet110,resnet20': 71.91, 'resnet110,resnet32': 74.11, 'resnet32x4,resnet8x4': 75.48,
-                   'vgg13,vgg8': 73.88},
-    # DIST's release README (docs/sources.md [S6]): mean of its runs (± in REPORTED_NOTES); epoch not stated.
-    'dist_cifar': {'wrn_40_2,wrn_40_1': 74.43, 'resnet56,resnet20': 71.75, 'resnet32x4,resnet8x4': 76.31,
-                   'ResNet50,MobileNetV2': 68.66, 'resnet32x4,ShuffleV1': 76.34, 'resnet32x4,ShuffleV2': 77.35},
     'kd_imagenet': {'imagenet_resnet34,imagenet_resnet18': 71.03, 'imagenet_resnet50,imagenet_mobilenetv1': 70.5},
     # none recorded (docs/methods.md §7.16)
     'kdcl_cifar': {},
@@ -359,7 +320,7 @@ REPORTED: dict[str, dict[str, float]] = {
      'resnet32x4,ShuffleV2': 74.56,
      'wrn_40_2,ShuffleV1': 74.52},
     # the third-party tiny-CNN study (docs/sources.md [S4])
-    'tiny_cnn_cifar10': {'nokd': 56.74,
+ 'tiny_cnn_cifar10': {'nokd': 56.74,
      'kd_t1': 59.87,
      'kd_t5': 57.92,
      'dkd_t1_a0.7_b0.25': 59.27,
@@ -392,12 +353,8 @@ REPORTED: dict[str, dict[str, float]] = {
 # (`METHOD_METRIC` in specs.py: RepDistiller/CRD rows last, mdistiller/ReviewKD best).
 REPORTED_METRIC: dict[str, str] = {'afd_cifar': 'unknown',
  'crd_cifar': 'last',
- 'ctkd_cifar': 'unknown',
- 'dist_cifar': 'unknown',
- 'ickd_cifar': 'unknown',
  'dkd_imagenet': 'best',
  'kd_imagenet': 'best',
- 'kd_ls_cifar': 'unknown',
  'ofd_cifar': 'best',
  'reviewkd_cifar': 'best',
  'reviewkd_imagenet': 'best',
@@ -405,15 +362,7 @@ REPORTED_METRIC: dict[str, str] = {'afd_cifar': 'unknown',
 
 # tiny_cnn_cifar10: the study lists no-KD twice (56.74 beside the KD T=1 rows, 56.49 beside
 # the KD T=5 rows); REPORTED uses the first, these notes keep both.
-REPORTED_NOTES: dict[str, dict[str, str]] = {'dist_cifar': {
-                   'wrn_40_2,wrn_40_1': '74.43 ± 0.24', 'resnet56,resnet20': '71.75 ± 0.30',
-                   'resnet32x4,resnet8x4': '76.31 ± 0.19', 'ResNet50,MobileNetV2': '68.66 ± 0.23',
-                   'resnet32x4,ShuffleV1': '76.34 ± 0.18', 'resnet32x4,ShuffleV2': '77.35 ± 0.25'},
- 'ickd_cifar': {pair: f'w/o KL (kd_weight=0): {top1}' for pair, top1 in {
-                   'wrn_40_2,wrn_16_2': 75.64, 'wrn_40_2,wrn_40_1': 74.33, 'resnet56,resnet20': 71.76,
-                   'resnet110,resnet20': 71.68, 'resnet110,resnet32': 73.89, 'resnet32x4,resnet8x4': 75.25,
-                   'vgg13,vgg8': 73.42}.items()},
- 'tiny_cnn_cifar10': {'nokd': 'the study lists 56.74 and 56.49 (two no-KD runs)',
+REPORTED_NOTES: dict[str, dict[str, str]] = {'tiny_cnn_cifar10': {'nokd': 'the study lists 56.74 and 56.49 (two no-KD runs)',
                       'dkd_t2_a1_b2': 'the study: for T > 1 (e.g. T = 2) the DKD loss is NaN and '
                                       'accuracy 1.0% (its alpha/beta for that run are not stated)',
                       'dkd_t4_a1_b2': 'as T = 2: the study reports NaN loss / 1.0% for every T > '
@@ -462,3 +411,13 @@ ABLATION_NOTES: dict[str, dict[str, dict[str, str]]] = {'reviewkd_cifar': {'rele
 # A config whose teacher is a job of its own (SFTN's student-friendly teacher: phase 1 alone,
 # one per pair): the config argument of that job ({pair} stands for the pair).
 TEACHER_JOB: dict[str, str] = {'sftn_cifar': '{pair},teacher'}
+
+# The 2021-2024 methods (logit standardization, DIST, CTKD, ICKD, DOT, ...) keep their tables
+# and published numbers in recent.py; one merged view here.
+from . import recent  # noqa: E402  pylint: disable=wrong-import-position
+TABLES.update(recent.TABLES)
+TABLE_DEFAULT_METHODS.update(recent.DEFAULT_METHODS)
+TABLE_TITLES.update(recent.TITLES)
+REPORTED.update(recent.REPORTED)
+REPORTED_METRIC.update(recent.REPORTED_METRIC)
+REPORTED_NOTES.update(recent.REPORTED_NOTES)

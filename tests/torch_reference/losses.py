@@ -4,6 +4,8 @@ Test-only: these mirror the reference implementations' formulation (probabilitie
 a -1000 target mask for NCKD) so kdjax's log-space versions are checked against
 the numbers the PyTorch code produces on ordinary logits.
 """
+import warnings
+
 import torch
 import torch.nn.functional as F
 
@@ -95,3 +97,102 @@ def ickd(f_s_embedded, f_t):
   g_s = F.normalize(torch.bmm(a, a.permute(0, 2, 1)), dim=2)
   g_t = F.normalize(torch.bmm(b, b.permute(0, 2, 1)), dim=2)
   return ((g_s - g_t) ** 2).reshape(bsz, -1).sum() / (ch * bsz)
+
+
+def srrl_connector(s_n, t_n):
+  """SRRL's connector as the SimKD release builds it: 1x1 conv (no bias), BatchNorm2d, ReLU."""
+  return torch.nn.Sequential(torch.nn.Conv2d(s_n, t_n, 1, bias=False), torch.nn.BatchNorm2d(t_n),
+                             torch.nn.ReLU())
+
+
+def srrl(connector, cls_t, pooled_s, pooled_t, logits_t):
+  """SRRL's term: MSE(h, pooled_t) + MSE(cls_t(h), z_t), h the connector on the pooled vector as 1x1."""
+  h = connector(pooled_s.unsqueeze(-1).unsqueeze(-1)).view(pooled_s.shape[0], -1)
+  return F.mse_loss(h, pooled_t) + F.mse_loss(cls_t(h), logits_t)
+
+
+def _kl_element_mean(log_q, p):
+  """`nn.KLDivLoss()` as the Tf-KD release calls it (reduction 'mean': over batch x classes)."""
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore")  # torch's note that this mean is not the KL's batch mean
+    return torch.nn.KLDivLoss()(log_q, p)
+
+
+def tfkd_self(student_logits, teacher_logits, labels, alpha, temperature, multiplier):
+  """Tf-KD_self as its release computes it: nn.KLDivLoss() (element mean) * T^2 * multiplier."""
+  kl = _kl_element_mean(F.log_softmax(student_logits / temperature, dim=1),
+                            F.softmax(teacher_logits / temperature, dim=1)) * temperature**2 * multiplier
+  return (1.0 - alpha) * F.cross_entropy(student_logits, labels) + alpha * kl
+
+
+def tfkd_reg(student_logits, labels, alpha, temperature, multiplier, correct_prob=0.99):
+  """Tf-KD_reg as its release computes it: a virtual teacher softmax(p^d / T), unscaled student."""
+  k = student_logits.shape[1]
+  p = torch.full_like(student_logits, (1 - correct_prob) / (k - 1))
+  p[torch.arange(student_logits.shape[0]), labels] = correct_prob
+  kl = _kl_element_mean(F.log_softmax(student_logits, dim=1), F.softmax(p / temperature, dim=1)) * multiplier
+  return (1.0 - alpha) * F.cross_entropy(student_logits, labels) + alpha * kl
+
+
+class SimKDProjector(torch.nn.Module):
+  """SimKD's projector as its release builds it (module `transfer`: 1x1, BN, ReLU, 3x3, BN, ReLU,
+  1x1, BN, ReLU; bottleneck t_n // factor)."""
+
+  def __init__(self, s_n, t_n, factor=2):
+    super().__init__()
+    mid = t_n // factor
+    self.transfer = torch.nn.Sequential(
+        torch.nn.Conv2d(s_n, mid, 1, bias=False), torch.nn.BatchNorm2d(mid), torch.nn.ReLU(),
+        torch.nn.Conv2d(mid, mid, 3, padding=1, bias=False), torch.nn.BatchNorm2d(mid), torch.nn.ReLU(),
+        torch.nn.Conv2d(mid, t_n, 1, bias=False), torch.nn.BatchNorm2d(t_n), torch.nn.ReLU())
+
+  def forward(self, feat_s, feat_t, cls_t):
+    """(projected student map, aligned teacher map, prediction through cls_t), as the release."""
+    s_h, t_h = feat_s.shape[2], feat_t.shape[2]
+    if s_h > t_h:
+      source, target = F.adaptive_avg_pool2d(feat_s, (t_h, t_h)), feat_t
+    else:
+      source, target = feat_s, F.adaptive_avg_pool2d(feat_t, (s_h, s_h))
+    trans = self.transfer(source)
+    return trans, target, cls_t(F.adaptive_avg_pool2d(trans, 1).flatten(1))
+
+
+def sinkhorn(w1, w2, cost, reg, iters):
+  """The WKD release's Sinkhorn: u from 1/N, v = w2 / (K^T u + 1e-8), u = w1 / (K v + 1e-8)."""
+  w1, w2 = w1.unsqueeze(-1), w2.unsqueeze(-1)
+  u = torch.ones_like(w1) / w1.shape[1]
+  k = torch.exp(-cost / reg)
+  for _ in range(iters):
+    v = w2 / (torch.bmm(k.transpose(2, 1), u) + 1e-8)
+    u = w1 / (torch.bmm(k, v) + 1e-8)
+  return u.reshape(w1.shape[0], -1, 1) * k * v.reshape(w1.shape[0], 1, -1)
+
+
+def wkd_logit(logits_s, logits_t, labels, cost, temperature, gamma, reg, iters):
+  """WKD-L with target separation as its release computes it (mask, reshape, per-sample cost)."""
+  n, c = logits_s.shape
+  label = labels.view(-1, 1)
+  loss_t = -(torch.gather(F.softmax(logits_t, 1), 1, label) * torch.gather(F.log_softmax(logits_s, 1), 1, label)).mean()
+  mask = torch.ones_like(logits_s).scatter_(1, label, 0).bool()
+  s, t = logits_s[mask].reshape(n, -1), logits_t[mask].reshape(n, -1)
+  pair = cost.repeat(n, 1, 1)[(mask.unsqueeze(1) * mask.unsqueeze(2))].reshape(n, c - 1, c - 1)
+  flow = sinkhorn(F.softmax(s / temperature, -1), F.softmax(t / temperature, -1), pair, reg, iters)
+  return loss_t + gamma * (flow * pair).sum(-1).sum(-1).mean()
+
+
+def wkd_feature(f_s, f_t, eps, grid, ratio):
+  """WKD-F's Gaussian WD as its release computes it (NCHW; unbiased var; adaptive bins for grid > 1)."""
+  def cells(f):
+    if grid == 1:
+      return f.mean(dim=(-1, -2)), torch.sqrt(f.var(dim=(-1, -2)) + eps)
+    h, w = f.shape[2], f.shape[3]
+    means, stds = [], []
+    for i in range(grid):
+      for j in range(grid):
+        block = f[:, :, (i * h) // grid:-((-(i + 1) * h) // grid), (j * w) // grid:-((-(j + 1) * w) // grid)]
+        means.append(block.mean(dim=(-1, -2)))
+        stds.append(torch.sqrt(block.var(dim=(-1, -2)) + eps))
+    return torch.stack(means, -1), torch.stack(stds, -1)
+  (mu_s, sd_s), (mu_t, sd_t) = cells(f_s), cells(f_t)
+  scale = grid**2 * f_s.shape[0]
+  return ratio * F.mse_loss(mu_s, mu_t, reduction="sum") / scale + F.mse_loss(sd_s, sd_t, reduction="sum") / scale

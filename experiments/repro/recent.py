@@ -1,0 +1,109 @@
+"""The 2021-2024 methods' tables and published numbers (merged into `tables`, which holds the rest).
+
+One entry per paper: its table (the pairs of its release's CIFAR-100 results, KD beside it),
+its title, and what its release reports, keyed by config file. The `modern` table puts
+every such method side by side on the pairs most of them report.
+"""
+from __future__ import annotations
+
+TABLES: dict[str, tuple[str, ...]] = {
+    # Logit standardization (CVPR 2024): the 14 pairs of its README's KD+LS rows, KD beside it.
+    "ls": ("resnet32x4,resnet8x4", "vgg13,vgg8", "wrn_40_2,wrn_40_1", "wrn_40_2,wrn_16_2",
+           "resnet56,resnet20", "resnet110,resnet32", "resnet110,resnet20", "resnet32x4,ShuffleV2",
+           "resnet32x4,wrn_16_2", "resnet32x4,wrn_40_2", "wrn_40_2,resnet8x4", "wrn_40_2,MobileNetV2",
+           "vgg13,MobileNetV2", "ResNet50,MobileNetV2"),
+    # DIST (NeurIPS 2022): the six pairs of its release's CIFAR-100 table, KD beside it.
+    "dist": ("wrn_40_2,wrn_40_1", "resnet56,resnet20", "resnet32x4,resnet8x4", "ResNet50,MobileNetV2",
+             "resnet32x4,ShuffleV1", "resnet32x4,ShuffleV2"),
+    # CTKD (AAAI 2023): the six pairs of its release's CIFAR-100 table, KD beside it.
+    "ctkd": ("resnet56,resnet20", "resnet110,resnet32", "resnet110,resnet20", "wrn_40_2,wrn_16_2",
+             "wrn_40_2,wrn_40_1", "vgg13,vgg8"),
+    # ICKD (ICCV 2021): the seven pairs of its release's CIFAR-100 table, KD beside it.
+    "ickd": ("wrn_40_2,wrn_16_2", "wrn_40_2,wrn_40_1", "resnet56,resnet20", "resnet110,resnet20",
+             "resnet110,resnet32", "resnet32x4,resnet8x4", "vgg13,vgg8"),
+    # DOT (ICCV 2023): the three pairs of mdistiller's DOT configs, KD beside it.
+    "dot": ("resnet32x4,resnet8x4", "vgg13,vgg8", "resnet32x4,ShuffleV2"),
+    # SRD/SRRL (ICLR 2021): the two zoo pairs of SimKD's README, which reports SRRL as a baseline.
+    "srd": ("resnet32x4,resnet8x4", "resnet32x4,vgg8"),
+    # SimKD (CVPR 2022): the two zoo pairs of its README (teacher resnet32x4 for every column).
+    "simkd": ("resnet32x4,resnet8x4", "resnet32x4,vgg8"),
+    # WKD (NeurIPS 2024): the two pairs of its release's CIFAR-100 table.
+    "wkd": ("resnet32x4,resnet8x4", "wrn_40_2,ShuffleV1"),
+    # Tf-KD (CVPR 2020): self-training (a student distilled from its own architecture) on the zoo's
+    # CRD-benchmark students; no published number for these networks.
+    "tfkd": ("resnet20,resnet20", "resnet32,resnet32", "resnet8x4,resnet8x4", "wrn_16_2,wrn_16_2",
+             "wrn_40_1,wrn_40_1", "vgg8,vgg8", "MobileNetV2,MobileNetV2", "ShuffleV1,ShuffleV1",
+             "ShuffleV2,ShuffleV2"),
+    # Every recent method on the pairs most of them report (a method skips the pairs its config lacks).
+    "modern": ("resnet32x4,resnet8x4", "vgg13,vgg8", "wrn_40_2,wrn_40_1", "resnet56,resnet20",
+               "resnet32x4,ShuffleV2"),
+}
+DEFAULT_METHODS = {"ls": "kd,kd_ls", "dist": "kd,dist", "ctkd": "kd,ctkd", "ickd": "kd,ickd", "dot": "kd,dot",
+                   "srd": "kd,srd", "simkd": "kd,srd,simkd", "tfkd": "vanilla,tfkd",
+                   "wkd": "kd,wkd", "modern": "kd,kd_ls,dist,ctkd,ickd,dot,srd,simkd,wkd"}
+TITLES = {
+    "ls": "CIFAR-100, KD with logit standardization (`kd_ls`) vs KD (docs/sources.md [S5]; "
+          "configs/kd_ls_cifar.py)",
+    "ctkd": "CIFAR-100, CTKD (curriculum temperature) vs KD (docs/sources.md [S7]; configs/ctkd_cifar.py)",
+    "ickd": "CIFAR-100, ICKD-C vs KD (docs/sources.md [S8]; configs/ickd_cifar.py)",
+    "dist": "CIFAR-100, DIST vs KD (docs/sources.md [S6]; configs/dist_cifar.py)",
+    "dot": "CIFAR-100, KD trained by DOT vs KD (docs/sources.md [S9]; configs/dot_cifar.py)",
+    "srd": "CIFAR-100, SRD (SRRL) vs KD (docs/sources.md [S11]; configs/srd_cifar.py)",
+    "simkd": "CIFAR-100, SimKD vs SRD and KD (docs/sources.md [S11]; configs/simkd_cifar.py)",
+    "wkd": "CIFAR-100, WKD-L vs KD (docs/sources.md [S12]; configs/wkd_cifar.py; `:PAIR,f` and `:PAIR,lf` "
+           "the other variants)",
+    "tfkd": "CIFAR-100, Tf-KD self-training vs the student alone (docs/sources.md [S10]; configs/tfkd_cifar.py)",
+    "modern": "CIFAR-100, the 2021-2024 methods side by side (each its release's recipe; "
+              "docs/sources.md [S5]-[S9])",
+}
+
+REPORTED: dict[str, dict[str, float]] = {
+    # Logit standardization's README (docs/sources.md [S5]): the KD+Ours rows; epoch not stated.
+    'kd_ls_cifar': {'resnet32x4,resnet8x4': 76.62, 'vgg13,vgg8': 74.36, 'wrn_40_2,wrn_40_1': 74.37,
+                    'wrn_40_2,wrn_16_2': 76.11, 'resnet56,resnet20': 71.43, 'resnet110,resnet32': 74.17,
+                    'resnet110,resnet20': 71.48, 'resnet32x4,ShuffleV2': 75.56,
+                    'resnet32x4,wrn_16_2': 75.26, 'resnet32x4,wrn_40_2': 77.92,
+                    'wrn_40_2,resnet8x4': 77.11, 'wrn_40_2,MobileNetV2': 69.23,
+                    'vgg13,MobileNetV2': 68.61, 'ResNet50,MobileNetV2': 69.02},
+    # CTKD's release README (docs/sources.md [S7]): the KD+CTKD row; epoch not stated.
+    'ctkd_cifar': {'resnet56,resnet20': 71.19, 'resnet110,resnet32': 73.52, 'resnet110,resnet20': 70.99,
+                   'wrn_40_2,wrn_16_2': 75.45, 'wrn_40_2,wrn_40_1': 73.93, 'vgg13,vgg8': 73.52},
+    # ICKD's release README (docs/sources.md [S8]): the "ICKD-C (Ours)" row (with KL; the w/o-KL
+    # row in REPORTED_NOTES); epoch not stated.
+    'ickd_cifar': {'wrn_40_2,wrn_16_2': 75.57, 'wrn_40_2,wrn_40_1': 74.63, 'resnet56,resnet20': 71.69,
+                   'resnet110,resnet20': 71.91, 'resnet110,resnet32': 74.11, 'resnet32x4,resnet8x4': 75.48,
+                   'vgg13,vgg8': 73.88},
+    # DIST's release README (docs/sources.md [S6]): mean of its runs (± in REPORTED_NOTES); epoch not stated.
+    'dist_cifar': {'wrn_40_2,wrn_40_1': 74.43, 'resnet56,resnet20': 71.75, 'resnet32x4,resnet8x4': 76.31,
+                   'ResNet50,MobileNetV2': 68.66, 'resnet32x4,ShuffleV1': 76.34, 'resnet32x4,ShuffleV2': 77.35},
+    # mdistiller's README (docs/sources.md [S9]): the KD+DOT row; epoch not stated (mdistiller
+    # reports best epochs elsewhere, its DOT rows do not say).
+    'dot_cifar': {'resnet32x4,resnet8x4': 75.12, 'vgg13,vgg8': 73.77, 'resnet32x4,ShuffleV2': 75.55},
+    # SimKD's README (docs/sources.md [S11]): its SRRL row, SimKD's own runs and teacher; epoch not stated.
+    'srd_cifar': {'resnet32x4,resnet8x4': 75.39, 'resnet32x4,vgg8': 73.23},
+    # SimKD's README (docs/sources.md [S11]): its "SimKD (f=2)" row, its own teacher and runs; epoch not
+    # stated (f=4 and f=8 in REPORTED_NOTES).
+    'simkd_cifar': {'resnet32x4,resnet8x4': 78.08, 'resnet32x4,vgg8': 75.76},
+    # WKD's README (docs/sources.md [S12]): the WKD-L row (WKD-F and WKD-L+F in REPORTED_NOTES), with the
+    # release's CKA cost files; epoch not stated.
+    'wkd_cifar': {'resnet32x4,resnet8x4': 76.53, 'wrn_40_2,ShuffleV1': 76.72},
+    # The Tf-KD paper's numbers are for its own CIFAR networks, none of them in the zoo (configs/tfkd_cifar.py).
+    'tfkd_cifar': {},
+}
+REPORTED_METRIC: dict[str, str] = {key: "unknown" for key in REPORTED}
+REPORTED_NOTES: dict[str, dict[str, str]] = {
+    'wkd_cifar': {'resnet32x4,resnet8x4': 'WKD-F 76.77, WKD-L+F 77.28; WKD-L with the release\'s CKA cost file',
+                  'wrn_40_2,ShuffleV1': 'WKD-F 77.36, WKD-L+F 77.50; WKD-L with the release\'s CKA cost file'},
+    'simkd_cifar': {'resnet32x4,resnet8x4': 'factor=4: 77.88, factor=8: 76.73 (its KD baseline: 74.42)',
+                    'resnet32x4,vgg8': 'factor=4: 75.62, factor=8: 74.74 (its KD baseline: 72.73)'},
+    'srd_cifar': {'resnet32x4,resnet8x4': "SimKD's runs: its KD baseline there is 74.42, not the CRD table's 73.33",
+                  'resnet32x4,vgg8': "SimKD's runs: its KD baseline there is 72.73"},
+    'dist_cifar': {
+        'wrn_40_2,wrn_40_1': '74.43 ± 0.24', 'resnet56,resnet20': '71.75 ± 0.30',
+        'resnet32x4,resnet8x4': '76.31 ± 0.19', 'ResNet50,MobileNetV2': '68.66 ± 0.23',
+        'resnet32x4,ShuffleV1': '76.34 ± 0.18', 'resnet32x4,ShuffleV2': '77.35 ± 0.25'},
+    'ickd_cifar': {pair: f'w/o KL (kd_weight=0): {top1}' for pair, top1 in {
+        'wrn_40_2,wrn_16_2': 75.64, 'wrn_40_2,wrn_40_1': 74.33, 'resnet56,resnet20': 71.76,
+        'resnet110,resnet20': 71.68, 'resnet110,resnet32': 73.89, 'resnet32x4,resnet8x4': 75.25,
+        'vgg13,vgg8': 73.42}.items()},
+}
