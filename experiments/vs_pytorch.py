@@ -1,0 +1,141 @@
+"""kdjax's train step against the same step in PyTorch, side by side on this machine: a ratio.
+
+    python experiments/vs_pytorch.py                       # DKD resnet32x4 -> resnet8x4, batch 64
+    python experiments/vs_pytorch.py --method=vanilla --student=resnet32x4   # teacher training
+    python experiments/vs_pytorch.py --method=kd --rounds=5 --steps=5
+
+The PyTorch side is the reference of the parity tests (tests/torch_reference: the published
+architectures, mdistiller's losses) updated by `torch.optim.SGD(momentum=0.9, weight_decay=5e-4)`
+on CPU, the way mdistiller trains: teacher forward under `no_grad` in eval mode, student
+forward, loss, backward, step. The kdjax side is the trainer's compiled step (`train.build`:
+on-device batch gather and augmentation included, which PyTorch's data loader does on other
+cores). Both run float32 on the same random batch, in alternating rounds (`--rounds` of
+`--steps` steps each after `--warmup`), because these machines are noisy; the ratio is computed
+from each side's median round. `ratio kdjax/pytorch` > 1 means kdjax trains faster.
+torch is an optional dependency here (requirements-test.txt), not one of kdjax's.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from absl import app, flags  # noqa: E402
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+
+from kdjax import data, models, recipes, train  # noqa: E402
+
+_METHOD = flags.DEFINE_enum("method", "dkd", ["dkd", "kd", "vanilla"], "Method timed on both sides.")
+_TEACHER = flags.DEFINE_string("teacher", "resnet32x4", "Teacher architecture (ignored by vanilla).")
+_STUDENT = flags.DEFINE_string("student", "resnet8x4", "Student architecture.")
+_BATCH = flags.DEFINE_integer("batch", 64, "Batch size.")
+_ROUNDS = flags.DEFINE_integer("rounds", 5, "Alternating timing rounds per side.")
+_STEPS = flags.DEFINE_integer("steps", 5, "Steps per round.")
+_WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed steps per side first.")
+_THREADS = flags.DEFINE_integer("torch_threads", 0, "torch.set_num_threads (0: torch's default).")
+
+MEAN, STD = (0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761)
+
+
+def _kdjax_step(images: np.ndarray, labels: np.ndarray):
+  """A function running one compiled kdjax step (state threaded inside), and its compile time."""
+  config = recipes.base_config()
+  config.method, config.model, config.batch_size = _METHOD.value, _STUDENT.value, _BATCH.value
+  config.teacher.arch = "" if _METHOD.value == "vanilla" else _TEACHER.value
+  dataset = data.Dataset("synthetic_cifar100", images, labels, images[:500], labels[:500], 100, MEAN, STD)
+  teachers = []
+  if config.teacher.arch:
+    teacher = models.get(config.teacher.arch, num_classes=100)
+    teachers = [train.Teacher(teacher, jax.jit(teacher.init)(jax.random.key(1), images[:1].astype(np.float32)))]
+  mesh = train.make_mesh(jax.devices()[:1])
+  run = train.build(config, dataset, mesh, teachers)
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  args = (run.teacher_vars, jax.device_put(images, replicated), jax.device_put(labels, replicated),
+          run.permute(jax.random.key(0)))
+  t0 = time.perf_counter()
+  compiled = run.train_step.lower(run.state, *args).compile()
+  compile_s = time.perf_counter() - t0
+  box = [run.state]
+
+  def step():
+    box[0], metrics = compiled(box[0], *args)
+    return metrics["loss"]
+
+  return step, compile_s
+
+
+def _torch_step(images: np.ndarray, labels: np.ndarray):
+  """One PyTorch step of the same method (mdistiller's loss; torch.optim.SGD)."""
+  import torch  # pylint: disable=import-outside-toplevel
+  import torch.nn.functional as F  # pylint: disable=import-outside-toplevel
+  from tests.torch_reference import losses as ref  # pylint: disable=import-outside-toplevel
+  from tests.torch_reference import models as torch_models  # pylint: disable=import-outside-toplevel
+  if _THREADS.value:
+    torch.set_num_threads(_THREADS.value)
+  torch.manual_seed(0)
+  student = torch_models.MODELS[_STUDENT.value](num_classes=100).train()
+  teacher = None if _METHOD.value == "vanilla" else torch_models.MODELS[_TEACHER.value](num_classes=100).eval()
+  opt = torch.optim.SGD(student.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+  b = _BATCH.value
+  x = (images[:b].astype(np.float32) / 255.0 - np.array(MEAN, np.float32)) / np.array(STD, np.float32)
+  x = torch.tensor(x.transpose(0, 3, 1, 2).copy())
+  y = torch.tensor(labels[:b], dtype=torch.long)
+
+  def step():
+    if teacher is not None:
+      with torch.no_grad():
+        t_logits, _ = teacher(x)
+    s_logits, _ = student(x)
+    loss = F.cross_entropy(s_logits, y)
+    if _METHOD.value == "kd":
+      loss = 0.1 * loss + 0.9 * ref.kd(s_logits, t_logits, 4.0)
+    elif _METHOD.value == "dkd":
+      loss = loss + ref.dkd(s_logits, t_logits, y, 1.0, 8.0, 4.0)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    return loss
+
+  return step, torch.get_num_threads()
+
+
+def _round(step, n: int, sync) -> float:
+  t0 = time.perf_counter()
+  for _ in range(n):
+    out = step()
+  sync(out)
+  return (time.perf_counter() - t0) / n
+
+
+def main(argv):
+  del argv
+  rng = np.random.default_rng(0)
+  n = max(_BATCH.value * 8, 512)
+  images = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
+  labels = rng.integers(0, 100, n).astype(np.int32)
+  jstep, compile_s = _kdjax_step(images, labels)
+  tstep, threads = _torch_step(images, labels)
+  jsync, tsync = jax.block_until_ready, lambda loss: float(loss)
+  _round(jstep, _WARMUP.value, jsync)
+  _round(tstep, _WARMUP.value, tsync)
+  j_times, t_times = [], []
+  for _ in range(_ROUNDS.value):
+    j_times.append(_round(jstep, _STEPS.value, jsync))
+    t_times.append(_round(tstep, _STEPS.value, tsync))
+  j, t = float(np.median(j_times)), float(np.median(t_times))
+  pair = _STUDENT.value if _METHOD.value == "vanilla" else f"{_TEACHER.value} -> {_STUDENT.value}"
+  print(f"{_METHOD.value} {pair}, batch {_BATCH.value}, float32, {os.cpu_count()} CPU cores "
+        f"(jax {jax.__version__}, XLA compile {compile_s:.1f} s; torch threads {threads})")
+  print(f"kdjax   {1000 * j:7.1f} ms/step  {_BATCH.value / j:6.1f} images/s  "
+        f"(rounds: {', '.join(f'{1000 * v:.0f}' for v in j_times)} ms)")
+  print(f"pytorch {1000 * t:7.1f} ms/step  {_BATCH.value / t:6.1f} images/s  "
+        f"(rounds: {', '.join(f'{1000 * v:.0f}' for v in t_times)} ms)")
+  print(f"ratio kdjax/pytorch {t / j:.2f}")
+
+
+if __name__ == "__main__":
+  app.run(main)
