@@ -9,7 +9,7 @@ architectures, mdistiller's losses) updated by `torch.optim.SGD(momentum=0.9, we
 on CPU, the way mdistiller trains: teacher forward under `no_grad` in eval mode, student
 forward, loss, backward, step. The kdjax side is the trainer's compiled step (`train.build`:
 on-device batch gather and augmentation included, which PyTorch's data loader does on other
-cores). Both run float32 on the same random batch, in alternating rounds (`--rounds` of
+cores), on the XLA devices the command line would use (one per core, kdjax/cpu.py). Both run float32 on the same random batch, in alternating rounds (`--rounds` of
 `--steps` steps each after `--warmup`), because these machines are noisy; the ratio is computed
 from each side's median round. `ratio kdjax/pytorch` > 1 means kdjax trains faster.
 torch is an optional dependency here (requirements-test.txt), not one of kdjax's.
@@ -27,7 +27,7 @@ from absl import app, flags  # noqa: E402
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from kdjax import data, models, recipes, train  # noqa: E402
+from kdjax import cpu, data, models, recipes, train  # noqa: E402
 
 _METHOD = flags.DEFINE_enum("method", "dkd", ["dkd", "kd", "vanilla"], "Method timed on both sides.")
 _TEACHER = flags.DEFINE_string("teacher", "resnet32x4", "Teacher architecture (ignored by vanilla).")
@@ -37,6 +37,8 @@ _ROUNDS = flags.DEFINE_integer("rounds", 5, "Alternating timing rounds per side.
 _STEPS = flags.DEFINE_integer("steps", 5, "Steps per round.")
 _WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed steps per side first.")
 _THREADS = flags.DEFINE_integer("torch_threads", 0, "torch.set_num_threads (0: torch's default).")
+_CPU_DEVICES = flags.DEFINE_integer("cpu_devices", 0, "XLA devices on the CPU, as kdjax.main's flag "
+                                    "(0: one per core dividing the batch, what the CLI does; 1: one).")
 
 MEAN, STD = (0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761)
 
@@ -51,7 +53,7 @@ def _kdjax_step(images: np.ndarray, labels: np.ndarray):
   if config.teacher.arch:
     teacher = models.get(config.teacher.arch, num_classes=100)
     teachers = [train.Teacher(teacher, jax.jit(teacher.init)(jax.random.key(1), images[:1].astype(np.float32)))]
-  mesh = train.make_mesh(jax.devices()[:1])
+  mesh = train.make_mesh(jax.devices())
   run = train.build(config, dataset, mesh, teachers)
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   args = (run.teacher_vars, jax.device_put(images, replicated), jax.device_put(labels, replicated),
@@ -113,6 +115,9 @@ def _round(step, n: int, sync) -> float:
 
 def main(argv):
   del argv
+  config = recipes.base_config()
+  config.batch_size = _BATCH.value
+  cpu.split_cpu(config, _CPU_DEVICES.value)  # as the command line does, before JAX's first call
   rng = np.random.default_rng(0)
   n = max(_BATCH.value * 8, 512)
   images = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
@@ -128,8 +133,9 @@ def main(argv):
     t_times.append(_round(tstep, _STEPS.value, tsync))
   j, t = float(np.median(j_times)), float(np.median(t_times))
   pair = _STUDENT.value if _METHOD.value == "vanilla" else f"{_TEACHER.value} -> {_STUDENT.value}"
-  print(f"{_METHOD.value} {pair}, batch {_BATCH.value}, float32, {os.cpu_count()} CPU cores "
-        f"(jax {jax.__version__}, XLA compile {compile_s:.1f} s; torch threads {threads})")
+  print(f"{_METHOD.value} {pair}, batch {_BATCH.value}, float32, {cpu.usable_cores()} CPU cores "
+        f"(jax {jax.__version__}, {jax.device_count()} XLA devices, compile {compile_s:.1f} s; "
+        f"torch threads {threads})")
   print(f"kdjax   {1000 * j:7.1f} ms/step  {_BATCH.value / j:6.1f} images/s  "
         f"(rounds: {', '.join(f'{1000 * v:.0f}' for v in j_times)} ms)")
   print(f"pytorch {1000 * t:7.1f} ms/step  {_BATCH.value / t:6.1f} images/s  "

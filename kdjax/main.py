@@ -19,6 +19,8 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from kdjax import cpu
+
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "A config file, optionally with its argument: configs/dkd_cifar.py:resnet32x4,resnet8x4.",
     lock_config=True)
@@ -44,6 +46,11 @@ _NUM_PROCESSES = flags.DEFINE_integer(
     "num_processes", None, "Processes of a multi-process run; default $JAX_NUM_PROCESSES.")
 _PROCESS_ID = flags.DEFINE_integer(
     "process_id", None, "This process's rank in [0, num_processes); default $JAX_PROCESS_ID.")
+_CPU_DEVICES = flags.DEFINE_integer(
+    "cpu_devices", 0, "When training on the CPU: split it into this many XLA devices, the batch "
+    "sharded over them as over GPUs (XLA:CPU runs large-image convolutions on one core; one "
+    "device per core keeps every core busy). 0: one per usable core, as many as divide the batch "
+    "sizes; 1: a single device. Ignored when XLA_FLAGS sets --xla_force_host_platform_device_count.")
 flags.mark_flags_as_required(["config"])
 
 
@@ -206,16 +213,17 @@ def _main(argv: list[str]) -> None:
   if not flags.FLAGS["verbosity"].present:
     # Orbax and TFDS log every save and read at INFO; keep the console for progress.
     logging.set_verbosity(logging.WARNING)
-  _initialize_distributed()
-  # Imported here so that `--help` and flag errors are fast.
-  import jax  # pylint: disable=import-outside-toplevel
-  from kdjax import train  # pylint: disable=import-outside-toplevel
-  from kdjax.errors import UserError  # pylint: disable=import-outside-toplevel
   try:
     config = _CONFIG.value
     config.method  # pylint: disable=pointless-statement  (a config that failed to load raises here)
   except OSError as e:
     _fail(f"cannot load the config file ({e})".replace("\n", " "))
+  cpu.split_cpu(config, _CPU_DEVICES.value)  # before any JAX backend exists
+  _initialize_distributed()
+  # Imported here so that `--help` and flag errors are fast.
+  import jax  # pylint: disable=import-outside-toplevel
+  from kdjax import train  # pylint: disable=import-outside-toplevel
+  from kdjax.errors import UserError  # pylint: disable=import-outside-toplevel
   workdir = _WORKDIR.value or train.default_workdir(config)
   logging.info("workdir: %s\nconfig:\n%s", workdir, config)
   try:

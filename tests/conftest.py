@@ -7,6 +7,10 @@ them; the variables are set before any test imports jax, so the subprocesses inh
 A cached executable computes the same bits. (XLA's cheaper compilation, `parity.FAST_COMPILE`,
 is opted into by the subprocess tests that compile much and run little: unoptimised code
 runs several times slower, and some bit-identity properties hold only for optimised code.)
+
+The CLI splits a CPU into one XLA device per core (`kdjax.main --cpu_devices`); the tests pin
+one device, as in-process code has, unless a test asks for more (tests/test_cpu_devices.py
+runs the split itself): two xdist workers already occupy the cores.
 """
 import os
 import sys
@@ -16,4 +20,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(ROOT, ".jax_cache"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
+if "--xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+  os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=1".strip()
 sys.path.insert(0, ROOT)
