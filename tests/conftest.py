@@ -23,3 +23,14 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 if "--xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
   os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=1".strip()
 sys.path.insert(0, ROOT)
+
+
+def pytest_configure(config):
+  config.addinivalue_line("markers", "long: an end-to-end test of a minute or more; run first (see below)")
+
+
+def pytest_collection_modifyitems(config, items):
+  """The long tests first, in their files' order, so that xdist's workers run them side by side
+  early instead of one worker finishing the suite alone with a long test at its end."""
+  del config
+  items.sort(key=lambda item: item.get_closest_marker("long") is None)

@@ -11,6 +11,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTEBOOK = os.path.join(ROOT, "experiments", "colab_tpu.ipynb")
 SETUP_MARKER = "# colab-setup"
@@ -48,6 +50,7 @@ def test_notebook_structure():
                  for c in _code_cells() for line in c.splitlines())
 
 
+@pytest.mark.long
 def test_notebook_cells_run_on_cpu_with_mock_data(tmp_path):
   site = tmp_path / "site"
   site.mkdir()

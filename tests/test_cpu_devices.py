@@ -35,6 +35,7 @@ def test_the_split_goes_into_xla_flags_unless_they_already_choose():
   assert cpu.split_cpu(config, 1, single) == 1 and "XLA_FLAGS" not in single
 
 
+@pytest.mark.long
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="one core: nothing to split")
 def test_the_cli_trains_on_one_device_per_core(tmp_path):
   env = dict(os.environ, PYTHONPATH=ROOT)

@@ -147,6 +147,7 @@ def _register_prestage_method():
                        trains=lambda path: path[0] == "student", prestage=base.Prestage(2, update))
 
 
+@pytest.mark.long
 def test_prestage_runs_once_and_seeds_the_main_training(tmp_path):
   """The prestage trains its parameters first (student untouched), is checkpointed, and is not rerun."""
   _register_prestage_method()

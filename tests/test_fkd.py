@@ -294,6 +294,7 @@ def _run(args):
                         text=True, timeout=900)
 
 
+@pytest.mark.long
 def test_fkd_ensemble_end_to_end(tmp_path):
   """FKD from a 2-teacher ensemble: both teachers auto-trained (seeds 0, 1), then the student."""
   workdir = str(tmp_path / "run")
@@ -307,6 +308,7 @@ def test_fkd_ensemble_end_to_end(tmp_path):
   assert np.isfinite(metrics[-1]["train_loss_fkd"]) and metrics[-1]["train_loss_fkd"] > 0
 
 
+@pytest.mark.long
 def test_fkd_cross_dataset_end_to_end_and_kd_refuses(tmp_path):
   """A CIFAR-100 teacher distils a CIFAR-10 student with FKD; KD refuses the same pair (exit 2)."""
   workdir = str(tmp_path / "fkd")

@@ -178,6 +178,7 @@ def test_a_full_disk_during_a_run_ends_in_one_line_and_leaves_no_partial_files(t
     assert steps, "the first epoch's checkpoint is kept"
 
 
+@pytest.mark.long
 def test_sigterm_and_sigint_checkpoint_mid_epoch_and_random_kills_resume_bit_identically(tmp_path, uninterrupted):
   """One uninterrupted run; then the same run stopped by SIGTERM, SIGINT and SIGKILL at random moments
   (startup, steps, evaluation, checkpoint saves, export) and resumed each time: the final model and

@@ -121,6 +121,7 @@ print(json.dumps(values))
 """
 
 
+@pytest.mark.long
 def test_jitted_kdsvd_loop_does_not_hang():
   """The issue's reproduction, 100 iterations (15 s on 2 idle cores, 98 s beside the rest of the suite)."""
   try:

@@ -68,6 +68,7 @@ def _params(workdir: str) -> dict:
           for k, v in jax.tree_util.tree_flatten_with_path(variables)[0]}
 
 
+@pytest.mark.long
 def test_two_processes_match_one_process_with_four_devices(tmp_path):
   two, one = str(tmp_path / "two"), str(tmp_path / "one")
   runs = _two_processes(two)

@@ -447,6 +447,7 @@ def _cli(workdir, name, arg, epochs):
           f"--workdir={workdir}"]
 
 
+@pytest.mark.long
 @pytest.mark.parametrize("case", sorted(E2E))
 def test_end_to_end_checkpoint_resume_results(tmp_path, case):
   """One tiny epoch on mock CIFAR through the CLI: results.json has each member's and the

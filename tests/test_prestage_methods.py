@@ -442,6 +442,7 @@ def _jsonl(path):
     return [json.loads(line) for line in f]
 
 
+@pytest.mark.long
 @pytest.mark.parametrize("run", E2E_RUNS, ids="/".join)
 def test_prestage_then_two_main_steps_via_cli(teacher_dir, tmp_path, run):
   """1 pre-stage epoch (2 steps) with the method's init loss, then 1 main epoch (2 steps)."""

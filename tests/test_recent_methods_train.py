@@ -48,6 +48,7 @@ def teachers(tmp_path_factory):
   return str(tmp_path_factory.mktemp("teachers"))
 
 
+@pytest.mark.long
 @pytest.mark.parametrize("name", sorted(RUNS))
 def test_recent_method_config_trains_two_epochs_on_mocked_cifar(name, teachers, tmp_path):
   workdir = str(tmp_path / name)

@@ -254,6 +254,7 @@ def test_failed_teacher_blocks_its_students_and_other_length_runs_are_refused(tm
       "teachers/cifar100_resnet110", "runs/kd/resnet110_resnet20/seed0"}
 
 
+@pytest.mark.long
 def test_real_trainer_two_methods_two_seeds_on_mocked_cifar(tmp_path, monkeypatch, capsys):
   """KD and DKD x 2 seeds (vgg13 -> vgg8) with the real trainer through tests/mocked_main.py.
 

@@ -63,6 +63,7 @@ def _compare(dataset, teachers, method, steps, seeds_map):
   return run2, fitter2, both, metrics2, singles
 
 
+@pytest.mark.long
 @pytest.mark.parametrize("method", ["kd", "crd"])
 def test_each_seed_of_a_sequential_run_is_its_single_run_bit_for_bit(method):
   """config.seeds_map='sequential' (the CPU's default): the seeds one after another inside one
@@ -79,6 +80,7 @@ def test_each_seed_of_a_sequential_run_is_its_single_run_bit_for_bit(method):
   assert not np.allclose(jax.tree.leaves(both.params)[0][0], jax.tree.leaves(both.params)[0][1])
 
 
+@pytest.mark.long
 def test_each_seed_of_a_vmapped_kd_run_equals_its_single_run():
   """config.seeds_map='vmap' (GPU/TPU's default): initialisation, data order, augmentation and
   updates of seed k in the 2-seed program against seed k alone, after 2 steps: equal up to
@@ -105,6 +107,7 @@ def test_each_seed_of_a_vmapped_kd_run_equals_its_single_run():
   assert not np.allclose(jax.tree.leaves(both.params)[0][0], jax.tree.leaves(both.params)[0][1])
 
 
+@pytest.mark.long
 def test_each_seed_keeps_its_own_method_state_crd_vmap():
   """vmap: CRD's memory banks, normaliser and embeddings per seed: after one step each seed's method
   state and parameters and its loss equal its single run's (the loss bit for bit). Its student
@@ -197,6 +200,7 @@ def test_prestage_methods_and_streaming_data_are_refused_with_the_reason():
     seeds_lib.check(_config("kd", "0,1"), methods.get("kd", ab), True)
 
 
+@pytest.mark.long
 def test_quickstart_with_three_seeds_writes_each_seed_and_the_mean(tmp_path):
   """The CLI: one teacher, three students in one program; seed<k>/ each as a single run's
   workdir; results.json with mean ± std; a rerun does nothing."""
@@ -223,6 +227,7 @@ def test_quickstart_with_three_seeds_writes_each_seed_and_the_mean(tmp_path):
   assert again.returncode == 0 and "nothing to do" in again.stdout
 
 
+@pytest.mark.long
 def test_a_resumed_seeds_run_is_bit_identical_to_an_uninterrupted_one(tmp_path):
   """Stop after epoch 1 (checkpoint), restore, finish epoch 2: the same state bit for bit as
   two epochs in one go, and each seed's history intact."""

@@ -348,6 +348,7 @@ def _cli(workdir, teacher_dir):
           "--config.eval_batch_size=64", "--config.progress_bar=False", f"--workdir={workdir}"]
 
 
+@pytest.mark.long
 def test_end_to_end_both_phases_and_reuse(tmp_path):
   """Phase 1 (sftn, resnet8 branches) then phase 2 (kd) through the CLI; a second run reuses phase 1."""
   teacher_dir = str(tmp_path / "teacher_sftn")

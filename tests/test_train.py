@@ -32,6 +32,7 @@ def _run(args, timeout=600):
   return subprocess.run(args, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=timeout)
 
 
+@pytest.mark.long
 def test_end_to_end_interrupt_resume_deterministic(tmp_path):
   """Auto-trains the teacher, distills, checkpoints; a killed run resumes and ends bit-equal."""
   a, b = str(tmp_path / "a"), str(tmp_path / "b")
@@ -121,6 +122,7 @@ print(json.dumps({"losses4": out[4][0], "losses1": out[1][0],
 """
 
 
+@pytest.mark.long
 def test_sharded_step_equals_single_device_step():
   env = dict(ENV, XLA_FLAGS="--xla_force_host_platform_device_count=4")
   result = subprocess.run([sys.executable, "-c", _SHARDED_SCRIPT], cwd=ROOT, env=env,
