@@ -24,6 +24,7 @@ RUNS = {
     "srd": ("configs/srd_cifar.py", "", "srd", "train_loss_srd_logit"),
     "simkd": ("configs/simkd_cifar.py", "", "simkd", "train_loss_simkd"),
     "wkd_lf": ("configs/wkd_cifar.py", "resnet32x4,resnet8x4,lf", "wkd", "train_loss_wkd_feat"),
+    "mlkd": ("configs/mlkd_cifar.py", "", "mlkd", "train_loss_bc"),
     "tfkd_self": ("configs/tfkd_cifar.py", "", "tfkd", "train_loss_tfkd"),
     "tfkd_reg": ("configs/tfkd_cifar.py", "resnet8x4,resnet8x4,reg", "tfkd", "train_loss_tfkd"),
 }

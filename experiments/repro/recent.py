@@ -29,6 +29,11 @@ TABLES: dict[str, tuple[str, ...]] = {
     "simkd": ("resnet32x4,resnet8x4", "resnet32x4,vgg8"),
     # WKD (NeurIPS 2024): the two pairs of its release's CIFAR-100 table.
     "wkd": ("resnet32x4,resnet8x4", "wrn_40_2,ShuffleV1"),
+    # MLKD (CVPR 2023): the 14 pairs of the logit-standardization release's MLKD rows.
+    "mlkd": ("resnet32x4,resnet8x4", "vgg13,vgg8", "wrn_40_2,wrn_40_1", "wrn_40_2,wrn_16_2", "resnet56,resnet20",
+             "resnet110,resnet32", "resnet110,resnet20", "resnet32x4,ShuffleV2", "resnet32x4,wrn_16_2",
+             "resnet32x4,wrn_40_2", "wrn_40_2,resnet8x4", "wrn_40_2,MobileNetV2", "vgg13,MobileNetV2",
+             "ResNet50,MobileNetV2"),
     # Tf-KD (CVPR 2020): self-training (a student distilled from its own architecture) on the zoo's
     # CRD-benchmark students; no published number for these networks.
     "tfkd": ("resnet20,resnet20", "resnet32,resnet32", "resnet8x4,resnet8x4", "wrn_16_2,wrn_16_2",
@@ -40,7 +45,7 @@ TABLES: dict[str, tuple[str, ...]] = {
 }
 DEFAULT_METHODS = {"ls": "kd,kd_ls", "dist": "kd,dist", "ctkd": "kd,ctkd", "ickd": "kd,ickd", "dot": "kd,dot",
                    "srd": "kd,srd", "simkd": "kd,srd,simkd", "tfkd": "vanilla,tfkd",
-                   "wkd": "kd,wkd", "modern": "kd,kd_ls,dist,ctkd,ickd,dot,srd,simkd,wkd"}
+                   "wkd": "kd,wkd", "mlkd": "kd,mlkd", "modern": "kd,kd_ls,dist,ctkd,ickd,dot,mlkd,srd,simkd,wkd"}
 TITLES = {
     "ls": "CIFAR-100, KD with logit standardization (`kd_ls`) vs KD (docs/sources.md [S5]; "
           "configs/kd_ls_cifar.py)",
@@ -52,6 +57,8 @@ TITLES = {
     "simkd": "CIFAR-100, SimKD vs SRD and KD (docs/sources.md [S11]; configs/simkd_cifar.py)",
     "wkd": "CIFAR-100, WKD-L vs KD (docs/sources.md [S12]; configs/wkd_cifar.py; `:PAIR,f` and `:PAIR,lf` "
            "the other variants)",
+    "mlkd": "CIFAR-100, MLKD vs KD (docs/sources.md [S13]; configs/mlkd_cifar.py: MLKD's own protocol, "
+            "`:PAIR,ls_protocol` the LS release's 480 epochs, `:PAIR,ls` MLKD+LS)",
     "tfkd": "CIFAR-100, Tf-KD self-training vs the student alone (docs/sources.md [S10]; configs/tfkd_cifar.py)",
     "modern": "CIFAR-100, the 2021-2024 methods side by side (each its release's recipe; "
               "docs/sources.md [S5]-[S9])",
@@ -87,11 +94,24 @@ REPORTED: dict[str, dict[str, float]] = {
     # WKD's README (docs/sources.md [S12]): the WKD-L row (WKD-F and WKD-L+F in REPORTED_NOTES), with the
     # release's CKA cost files; epoch not stated.
     'wkd_cifar': {'resnet32x4,resnet8x4': 76.53, 'wrn_40_2,ShuffleV1': 76.72},
+    # The logit-standardization release's README (docs/sources.md [S5]): its MLKD row (MLKD+LS in
+    # REPORTED_NOTES); which protocol (MLKD's 240 or the LS release's 480 epochs) and epoch: not stated.
+    'mlkd_cifar': {'resnet32x4,resnet8x4': 77.08, 'vgg13,vgg8': 75.18, 'wrn_40_2,wrn_40_1': 75.35,
+                   'wrn_40_2,wrn_16_2': 76.63, 'resnet56,resnet20': 72.19, 'resnet110,resnet32': 74.11,
+                   'resnet110,resnet20': 71.89, 'resnet32x4,ShuffleV2': 78.44, 'resnet32x4,wrn_16_2': 76.52,
+                   'resnet32x4,wrn_40_2': 79.26, 'wrn_40_2,resnet8x4': 77.33, 'wrn_40_2,MobileNetV2': 70.78,
+                   'vgg13,MobileNetV2': 70.57, 'ResNet50,MobileNetV2': 71.04},
     # The Tf-KD paper's numbers are for its own CIFAR networks, none of them in the zoo (configs/tfkd_cifar.py).
     'tfkd_cifar': {},
 }
 REPORTED_METRIC: dict[str, str] = {key: "unknown" for key in REPORTED}
 REPORTED_NOTES: dict[str, dict[str, str]] = {
+    'mlkd_cifar': {pair: f'MLKD+LS (`,ls`): {top1}' for pair, top1 in {
+        'resnet32x4,resnet8x4': 78.28, 'vgg13,vgg8': 75.22, 'wrn_40_2,wrn_40_1': 75.56, 'wrn_40_2,wrn_16_2': 76.95,
+        'resnet56,resnet20': 72.33, 'resnet110,resnet32': 74.32, 'resnet110,resnet20': 72.27,
+        'resnet32x4,ShuffleV2': 78.76, 'resnet32x4,wrn_16_2': 77.53, 'resnet32x4,wrn_40_2': 79.66,
+        'wrn_40_2,resnet8x4': 77.68, 'wrn_40_2,MobileNetV2': 71.61, 'vgg13,MobileNetV2': 70.94,
+        'ResNet50,MobileNetV2': 71.19}.items()},
     'wkd_cifar': {'resnet32x4,resnet8x4': 'WKD-F 76.77, WKD-L+F 77.28; WKD-L with the release\'s CKA cost file',
                   'wrn_40_2,ShuffleV1': 'WKD-F 77.36, WKD-L+F 77.50; WKD-L with the release\'s CKA cost file'},
     'simkd_cifar': {'resnet32x4,resnet8x4': 'factor=4: 77.88, factor=8: 76.73 (its KD baseline: 74.42)',

@@ -133,6 +133,13 @@ class Method:
     `data_info['teacher_variables']` (OFD's margins); None is passed otherwise;
   * `views`: independently augmented views of each batch (KDCL: one per cohort
     member, stacked on a leading axis; the teacher, if any, sees the first);
+  * `view_transforms`: per view, a further augmentation `(key, uint8 batch) -> uint8 batch`
+    applied on device after the crop and flip (None: crop and flip only), e.g. MLKD's
+    RandAugment view;
+  * `view_forward`: `stacked` (the model gets the views stacked, a cohort member each) or
+    `each` (the student, and the teacher, run once on every view in order, BatchNorm updated
+    view after view as two PyTorch forward calls do; `loss` then gets a list of outputs per
+    network, one per view);
   * `teacher_bn_mode`: how the frozen teacher's BatchNorms run, `eval` (running
     statistics) or `batch_stats` (the batch's, as references that never call
     `teacher.eval()`: mdistiller's OFD, ReviewKD's release);
@@ -156,6 +163,8 @@ class Method:
   shared_labels: bool = True
   needs_teacher_variables: bool = False
   views: int = 1
+  view_transforms: tuple = ()
+  view_forward: str = "stacked"
   teacher_bn_mode: str = "eval"
   lapack_in_step: bool = False
   split_loss: Optional[LossFn] = None
@@ -168,6 +177,11 @@ class Method:
                       f"{', '.join(map(repr, TEACHER_BN_MODES))}.")
     if self.views < 1:
       raise UserError(f"method {self.name!r}: {self.views} views per step; it must be >= 1.")
+    if self.view_transforms and len(self.view_transforms) != self.views:
+      raise UserError(f"method {self.name!r}: {len(self.view_transforms)} view transforms for {self.views} views.")
+    if self.view_forward not in ("stacked", "each") or (self.view_forward == "each" and self.multi_teacher):
+      raise UserError(f"method {self.name!r}: view_forward={self.view_forward!r}; 'stacked' or 'each' "
+                      "('each' takes one teacher: its outputs are a list over the views).")
 
   @property
   def passes(self) -> tuple[Update, ...]:

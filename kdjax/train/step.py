@@ -77,6 +77,8 @@ class StepSpec:
   aug_key: jax.Array
   batch_sharding: Any
   views: int = 1
+  view_transforms: tuple = ()  # per view: None or (key, uint8 batch) -> uint8 batch
+  view_forward: str = "stacked"  # or "each": the networks run on every view (Method.view_forward)
   streaming: bool = False
 
 
@@ -94,9 +96,17 @@ def select_batch(spec: StepSpec, step, images, labels, perm, key):
   idx = jax.lax.dynamic_slice_in_dim(perm, i * spec.batch_size, spec.batch_size)
   idx = jax.lax.with_sharding_constraint(idx, spec.batch_sharding)
   raw = images[idx]
-  keys = jax.random.split(key, spec.views)
-  xs = [augment.normalize(augment.random_crop_flip(k, raw, spec.crop_padding, spec.flip), spec.mean, spec.std)
-        for k in keys]
+  xs = []
+  for k, view_key in enumerate(jax.random.split(key, spec.views)):
+    transform = spec.view_transforms[k] if spec.view_transforms else None
+    if transform is None:
+      view = augment.random_crop_flip(view_key, raw, spec.crop_padding, spec.flip)
+    else:
+      crop_key, transform_key = jax.random.split(view_key)
+      view = transform(transform_key, augment.random_crop_flip(crop_key, raw, spec.crop_padding, spec.flip))
+    xs.append(augment.normalize(view, spec.mean, spec.std))
+  if spec.views > 1 and spec.view_forward == "each":
+    return xs, xs, labels[idx], idx  # every network sees every view
   # Several views (one per cohort member) stack on a leading axis; the teacher sees the first.
   return (xs[0] if spec.views == 1 else jnp.stack(xs)), xs[0], labels[idx], idx
 
@@ -110,9 +120,11 @@ def train_step(state: TrainState, teacher_vars: Sequence[PyTree], images, labels
       jax.random.fold_in(spec.aug_key, state.step), 4)
   x, x_teacher, y, idx = select_batch(spec, state.step, images, labels, perm, crop_key)
   progress = methods_lib.Progress(step=state.step, epoch=state.step // spec.steps_per_epoch)
+  each = isinstance(x, list)  # view_forward='each': a list of views, every network on each
   teacher_out = None
   if spec.teacher_forward is not None:
-    teacher_out = spec.teacher_forward(teacher_vars, x_teacher, teacher_key)
+    teacher_out = ([spec.teacher_forward(teacher_vars, v, teacher_key) for v in x_teacher] if each
+                   else spec.teacher_forward(teacher_vars, x_teacher, teacher_key))
 
   params, batch_stats, method_state = state.params, state.batch_stats, state.method_state
   opt_states = optim.pass_opt_states(spec.txs, state.opt_state)
@@ -121,12 +133,17 @@ def train_step(state: TrainState, teacher_vars: Sequence[PyTree], images, labels
     batch = {"label": y, "index": idx, "rng": jax.random.fold_in(method_key, k)}
 
     def loss_fn(p, update=update, batch_stats=batch_stats, method_state=method_state, k=k):
-      out, mutated = spec.model.apply({"params": p["student"], "batch_stats": batch_stats},
-                                      x, train=True, mutable=["batch_stats"],
-                                      rngs={"dropout": jax.random.fold_in(dropout_key, k)})
+      outs = []
+      for v, view in enumerate(x if each else [x]):  # BatchNorm statistics carried view to view
+        out, mutated = spec.model.apply({"params": p["student"], "batch_stats": batch_stats},
+                                        view, train=True, mutable=["batch_stats"],
+                                        rngs={"dropout": jax.random.fold_in(dropout_key, k + 1000 * v)})
+        batch_stats = mutated["batch_stats"]
+        outs.append(out)
+      out = outs if each else outs[0]
       loss, pass_metrics, new_method_state = update.loss(p["method"], method_state, out,
                                                          teacher_out, batch, progress)
-      return loss, (pass_metrics, mutated["batch_stats"], new_method_state, out[0])
+      return loss, (pass_metrics, batch_stats, new_method_state, outs[0][0])
 
     (loss, (pass_metrics, batch_stats, method_state, pass_logits)), grads = _value_and_grads(
         loss_fn, params, update.grad_groups)
@@ -179,7 +196,8 @@ def step_spec(model, method: methods_lib.Method, txs: Sequence[optax.GradientTra
   if teachers:
     forward = teachers_lib.make_teacher_forward(teachers, mean=data["mean"], std=data["std"],
                                                 bn_mode=teacher_bn_mode, ensemble=ensemble)
-  return StepSpec(model=model, passes=passes, txs=txs, lr_fn=lr_fn, teacher_forward=forward, **data)
+  return StepSpec(model=model, passes=passes, txs=txs, lr_fn=lr_fn, teacher_forward=forward,
+                  view_transforms=tuple(method.view_transforms), view_forward=method.view_forward, **data)
 
 
 def make_train_step(model, method: methods_lib.Method, txs: Sequence[optax.GradientTransformation], lr_fn,

@@ -196,3 +196,38 @@ def wkd_feature(f_s, f_t, eps, grid, ratio):
   (mu_s, sd_s), (mu_t, sd_t) = cells(f_s), cells(f_t)
   scale = grid**2 * f_s.shape[0]
   return ratio * F.mse_loss(mu_s, mu_t, reduction="sum") / scale + F.mse_loss(sd_s, sd_t, reduction="sum") / scale
+
+
+def mlkd(s_weak, s_strong, t_weak, t_strong, labels, temperature=4.0, ce_weight=0.1, kd_weight=0.9,
+         logit_stand=False):
+  """MLKD's KD_ours.forward_train after the forward passes, as its release writes it (masks from
+  numpy percentiles; masks multiplied onto already-reduced losses; weak logits in the strong
+  KD's T = 2, 6 terms; the strong class/batch terms left out of the total)."""
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  std = standardize if logit_stand else (lambda z: z)
+
+  def kd_(s, t, temp):
+    return F.kl_div(F.log_softmax(std(s) / temp, 1), F.softmax(std(t) / temp, 1),
+                    reduction="none").sum(1).mean() * temp**2
+
+  def cc_(s, t, temp):
+    ps, pt = F.softmax(s / temp, 1), F.softmax(t / temp, 1)
+    return ((pt.T @ pt - ps.T @ ps) ** 2).sum() / s.shape[1]
+
+  def bc_(s, t, temp):
+    ps, pt = F.softmax(s / temp, 1), F.softmax(t / temp, 1)
+    return ((pt @ pt.T - ps @ ps.T) ** 2).sum() / s.shape[0]
+
+  pred = F.softmax(t_weak.detach(), dim=1)
+  conf, _ = pred.max(dim=1)
+  mask = conf.le(float(np.percentile(conf.numpy().flatten(), 50))).bool()
+  class_conf = torch.sum(pred, dim=0)
+  class_mask = class_conf.le(float(np.percentile(class_conf.numpy().flatten(), 50))).bool()
+  temps = (temperature, 3.0, 5.0, 2.0, 6.0)
+  loss_ce = ce_weight * (F.cross_entropy(s_weak, labels) + F.cross_entropy(s_strong, labels))
+  kd_weak = sum(kd_weight * (kd_(s_weak, t_weak, T) * mask).mean() for T in temps)
+  kd_strong = (sum(kd_weight * kd_(s_strong, t_strong, T) for T in temps[:3])
+               + sum(kd_weight * kd_(s_weak, t_weak, T) for T in temps[3:]))
+  cc_weak = sum(kd_weight * (cc_(s_weak, t_weak, T) * class_mask).mean() for T in temps)
+  bc_weak = sum(kd_weight * (bc_(s_weak, t_weak, T) * mask).mean() for T in temps)
+  return loss_ce + kd_weak + kd_strong + cc_weak + bc_weak
