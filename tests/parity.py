@@ -8,6 +8,7 @@
   tests (they change compile time, not results).
 """
 import functools
+import os
 
 import jax
 import jax.numpy as jnp
@@ -20,6 +21,15 @@ BATCH = 8
 RTOL32, RTOL64 = 1e-5, 1e-9
 FAST_COMPILE = ("--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true "
                 "--xla_cpu_use_fusion_emitters=false")
+
+
+def cli_env(**extra: str) -> dict:
+  """The environment of a CLI subprocess test: CPU, quiet TensorFlow, the repo importable and
+  FAST_COMPILE (these runs compile a lot and train a few steps; both sides of every comparison
+  they make run under the same flags), plus `extra`."""
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  return dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", JAX_PLATFORMS="cpu", PYTHONPATH=root,
+              XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} {FAST_COMPILE}".strip(), **extra)
 
 
 @functools.lru_cache(maxsize=None)

@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from kdjax import cpu, recipes
+from tests import parity
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -38,7 +39,7 @@ def test_the_split_goes_into_xla_flags_unless_they_already_choose():
 @pytest.mark.long
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="one core: nothing to split")
 def test_the_cli_trains_on_one_device_per_core(tmp_path):
-  env = dict(os.environ, PYTHONPATH=ROOT)
+  env = parity.cli_env()
   env["XLA_FLAGS"] = " ".join(f for f in env.get("XLA_FLAGS", "").split() if cpu.CPU_DEVICE_FLAG not in f)
   workdir = tmp_path / "run"
   done = subprocess.run(

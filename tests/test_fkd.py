@@ -23,10 +23,11 @@ from kdjax.methods import dkd as dkd_lib
 from kdjax.methods import fkd as fkd_lib
 from kdjax.methods import kd as kd_lib
 from experiments.repro import tables
+from tests import parity
 from tests.torch_reference import fkd as ref
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)
+ENV = parity.cli_env()
 BATCH, CLASSES, D_S = 12, 10, 24
 RTOL = 1e-5
 

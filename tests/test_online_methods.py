@@ -22,6 +22,7 @@ from kdjax.errors import UserError
 from kdjax.methods import afd, dml, kdcl
 from kdjax.models import cohort
 from experiments.repro import tables
+from tests import parity
 from tests.torch_reference import online_losses as ref
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -434,8 +435,7 @@ def test_configs(name):
 # ----------------------------------------------------------------------- end to end
 
 
-ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", JAX_PLATFORMS="cpu", PYTHONPATH=ROOT,
-           KDJAX_MOCK_EXAMPLES="64")
+ENV = parity.cli_env(KDJAX_MOCK_EXAMPLES="64")
 E2E = {"afd2": ("afd", "resnet8,resnet8"), "afd3": ("afd", "resnet8,resnet8,resnet8"),
        "dml": ("dml", "resnet8,resnet8"), "kdcl": ("kdcl", "resnet8,resnet8")}
 

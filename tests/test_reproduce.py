@@ -20,6 +20,7 @@ sys.path.insert(0, os.path.join(ROOT, "experiments"))
 
 import plot  # noqa: E402
 import reproduce  # noqa: E402
+from tests import parity  # noqa: E402
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -280,6 +281,7 @@ def test_real_trainer_two_methods_two_seeds_on_mocked_cifar(tmp_path, monkeypatc
   monkeypatch.setenv("KDJAX_MOCK_EXAMPLES", "64")
   monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "3")
   monkeypatch.setenv("JAX_PLATFORMS", "cpu")
+  monkeypatch.setenv("XLA_FLAGS", parity.cli_env()["XLA_FLAGS"])  # the jobs compile much, train 2 epochs
   args = ["--methods=kd,dkd", "--seeds=2", "--pairs=vgg13,vgg8", f"--workdir={root}", "--jobs=2",
           "--launcher=python tests/mocked_main.py", "--override=config.epochs=2",
           "--override=config.batch_size=32", "--override=config.eval_batch_size=64",

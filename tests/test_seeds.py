@@ -13,9 +13,10 @@ import pytest
 from kdjax import data, methods, recipes, train
 from kdjax.errors import UserError
 from kdjax.train import seeds as seeds_lib
+from tests import parity
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)
+ENV = parity.cli_env()
 STEPS = 2
 
 

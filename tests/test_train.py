@@ -14,9 +14,10 @@ import pytest
 import torch
 
 from kdjax import checkpoint, methods, recipes, train
+from tests import parity
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)
+ENV = parity.cli_env()
 
 
 def _tiny_kd_args(workdir, epochs, teacher_checkpoint=""):
