@@ -25,6 +25,7 @@ RUNS = {
     "simkd": ("configs/simkd_cifar.py", "", "simkd", "train_loss_simkd"),
     "wkd_lf": ("configs/wkd_cifar.py", "resnet32x4,resnet8x4,lf", "wkd", "train_loss_wkd_feat"),
     "mlkd": ("configs/mlkd_cifar.py", "", "mlkd", "train_loss_bc"),
+    "sskd": ("configs/sskd_cifar.py", "", "sskd", "train_loss_ss"),
     "tfkd_self": ("configs/tfkd_cifar.py", "", "tfkd", "train_loss_tfkd"),
     "tfkd_reg": ("configs/tfkd_cifar.py", "resnet8x4,resnet8x4,reg", "tfkd", "train_loss_tfkd"),
 }
@@ -40,6 +41,7 @@ def _config(name: str, teachers: str):
   c.batch_size = c.eval_batch_size = c.teacher.train_batch_size = 16
   c.teacher.auto_workdir = f"{teachers}/{{arch}}"
   c.progress_bar = False
+  c.sskd.t_epochs = 1  # SSKD's prestage of the teacher's head: one epoch here, not 60
   return c
 
 
@@ -60,6 +62,8 @@ def test_recent_method_config_trains_two_epochs_on_mocked_cifar(name, teachers, 
   assert results["epochs"] == 2 and results["method"] == method
   metrics = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
   assert len(metrics) == 2 and all(np.isfinite(m[loss_key]) and m[loss_key] > 0 for m in metrics)
+  if name == "sskd":  # the teacher head's prestage ran first, in its own directory
+    assert os.path.exists(os.path.join(workdir, "prestage", "metrics.jsonl"))
   if name == "ctkd":  # the learned temperature, inside (t_start, t_start + t_range)
     assert all(1.0 < m["train_temperature"] < 21.0 for m in metrics)
   if name == "simkd":  # evaluated and exported as it predicts: with its projector and the teacher's classifier

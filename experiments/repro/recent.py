@@ -34,6 +34,10 @@ TABLES: dict[str, tuple[str, ...]] = {
              "resnet110,resnet32", "resnet110,resnet20", "resnet32x4,ShuffleV2", "resnet32x4,wrn_16_2",
              "resnet32x4,wrn_40_2", "wrn_40_2,resnet8x4", "wrn_40_2,MobileNetV2", "vgg13,MobileNetV2",
              "ResNet50,MobileNetV2"),
+    # SSKD (ECCV 2020): the eleven pairs of its release's README.
+    "sskd": ("wrn_40_2,wrn_16_2", "wrn_40_2,wrn_40_1", "resnet56,resnet20", "resnet32x4,resnet8x4", "vgg13,vgg8",
+             "vgg13,MobileNetV2", "ResNet50,MobileNetV2", "ResNet50,vgg8", "resnet32x4,ShuffleV1",
+             "resnet32x4,ShuffleV2", "wrn_40_2,ShuffleV1"),
     # Tf-KD (CVPR 2020): self-training (a student distilled from its own architecture) on the zoo's
     # CRD-benchmark students; no published number for these networks.
     "tfkd": ("resnet20,resnet20", "resnet32,resnet32", "resnet8x4,resnet8x4", "wrn_16_2,wrn_16_2",
@@ -45,7 +49,8 @@ TABLES: dict[str, tuple[str, ...]] = {
 }
 DEFAULT_METHODS = {"ls": "kd,kd_ls", "dist": "kd,dist", "ctkd": "kd,ctkd", "ickd": "kd,ickd", "dot": "kd,dot",
                    "srd": "kd,srd", "simkd": "kd,srd,simkd", "tfkd": "vanilla,tfkd",
-                   "wkd": "kd,wkd", "mlkd": "kd,mlkd", "modern": "kd,kd_ls,dist,ctkd,ickd,dot,mlkd,srd,simkd,wkd"}
+                   "wkd": "kd,wkd", "mlkd": "kd,mlkd", "sskd": "kd,sskd",
+                   "modern": "kd,kd_ls,dist,ctkd,ickd,dot,mlkd,srd,simkd,wkd,sskd"}
 TITLES = {
     "ls": "CIFAR-100, KD with logit standardization (`kd_ls`) vs KD (docs/sources.md [S5]; "
           "configs/kd_ls_cifar.py)",
@@ -59,6 +64,7 @@ TITLES = {
            "the other variants)",
     "mlkd": "CIFAR-100, MLKD vs KD (docs/sources.md [S13]; configs/mlkd_cifar.py: MLKD's own protocol, "
             "`:PAIR,ls_protocol` the LS release's 480 epochs, `:PAIR,ls` MLKD+LS)",
+    "sskd": "CIFAR-100, SSKD vs KD (docs/sources.md [S14]; configs/sskd_cifar.py)",
     "tfkd": "CIFAR-100, Tf-KD self-training vs the student alone (docs/sources.md [S10]; configs/tfkd_cifar.py)",
     "modern": "CIFAR-100, the 2021-2024 methods side by side (each its release's recipe; "
               "docs/sources.md [S5]-[S9])",
@@ -101,6 +107,12 @@ REPORTED: dict[str, dict[str, float]] = {
                    'resnet110,resnet20': 71.89, 'resnet32x4,ShuffleV2': 78.44, 'resnet32x4,wrn_16_2': 76.52,
                    'resnet32x4,wrn_40_2': 79.26, 'wrn_40_2,resnet8x4': 77.33, 'wrn_40_2,MobileNetV2': 70.78,
                    'vgg13,MobileNetV2': 70.57, 'ResNet50,MobileNetV2': 71.04},
+    # SSKD's README (docs/sources.md [S14]): its SSKD rows, with its own teachers (e.g. resnet32x4 79.63);
+    # epoch not stated.
+    'sskd_cifar': {'wrn_40_2,wrn_16_2': 76.04, 'wrn_40_2,wrn_40_1': 76.13, 'resnet56,resnet20': 71.49,
+                   'resnet32x4,resnet8x4': 76.20, 'vgg13,vgg8': 75.33, 'vgg13,MobileNetV2': 71.53,
+                   'ResNet50,MobileNetV2': 72.57, 'ResNet50,vgg8': 75.76, 'resnet32x4,ShuffleV1': 78.44,
+                   'resnet32x4,ShuffleV2': 78.61, 'wrn_40_2,ShuffleV1': 77.40},
     # The Tf-KD paper's numbers are for its own CIFAR networks, none of them in the zoo (configs/tfkd_cifar.py).
     'tfkd_cifar': {},
 }

@@ -136,10 +136,13 @@ class Method:
   * `view_transforms`: per view, a further augmentation `(key, uint8 batch) -> uint8 batch`
     applied on device after the crop and flip (None: crop and flip only), e.g. MLKD's
     RandAugment view;
-  * `view_forward`: `stacked` (the model gets the views stacked, a cohort member each) or
+  * `view_forward`: `stacked` (the model gets the views stacked, a cohort member each),
     `each` (the student, and the teacher, run once on every view in order, BatchNorm updated
-    view after view as two PyTorch forward calls do; `loss` then gets a list of outputs per
-    network, one per view);
+    view after view as two PyTorch forward calls do) or `concat` (one call on the views
+    concatenated along the batch: BatchNorm statistics over all of them, as SSKD's 4B batch);
+    with `each` and `concat`, `loss` gets a list of outputs per network, one per view;
+  * `view_flip`: `each` view flipped independently, or one `shared` flip per image before its
+    views are cropped and transformed (SSKD's rotations of one flipped image);
   * `teacher_bn_mode`: how the frozen teacher's BatchNorms run, `eval` (running
     statistics) or `batch_stats` (the batch's, as references that never call
     `teacher.eval()`: mdistiller's OFD, ReviewKD's release);
@@ -165,6 +168,7 @@ class Method:
   views: int = 1
   view_transforms: tuple = ()
   view_forward: str = "stacked"
+  view_flip: str = "each"
   teacher_bn_mode: str = "eval"
   lapack_in_step: bool = False
   split_loss: Optional[LossFn] = None
@@ -179,9 +183,12 @@ class Method:
       raise UserError(f"method {self.name!r}: {self.views} views per step; it must be >= 1.")
     if self.view_transforms and len(self.view_transforms) != self.views:
       raise UserError(f"method {self.name!r}: {len(self.view_transforms)} view transforms for {self.views} views.")
-    if self.view_forward not in ("stacked", "each") or (self.view_forward == "each" and self.multi_teacher):
-      raise UserError(f"method {self.name!r}: view_forward={self.view_forward!r}; 'stacked' or 'each' "
-                      "('each' takes one teacher: its outputs are a list over the views).")
+    if self.view_forward not in ("stacked", "each", "concat") or (
+        self.view_forward != "stacked" and self.multi_teacher):
+      raise UserError(f"method {self.name!r}: view_forward={self.view_forward!r}; 'stacked', 'each' or "
+                      "'concat' ('each' and 'concat' take one teacher: its outputs are a list over the views).")
+    if self.view_flip not in ("each", "shared"):
+      raise UserError(f"method {self.name!r}: view_flip={self.view_flip!r}; 'each' or 'shared'.")
 
   @property
   def passes(self) -> tuple[Update, ...]:

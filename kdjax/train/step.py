@@ -78,7 +78,8 @@ class StepSpec:
   batch_sharding: Any
   views: int = 1
   view_transforms: tuple = ()  # per view: None or (key, uint8 batch) -> uint8 batch
-  view_forward: str = "stacked"  # or "each": the networks run on every view (Method.view_forward)
+  view_forward: str = "stacked"  # "each" / "concat": the networks run on every view (Method.view_forward)
+  view_flip: str = "each"  # or "shared": one flip per image for all its views (Method.view_flip)
   streaming: bool = False
 
 
@@ -96,16 +97,20 @@ def select_batch(spec: StepSpec, step, images, labels, perm, key):
   idx = jax.lax.dynamic_slice_in_dim(perm, i * spec.batch_size, spec.batch_size)
   idx = jax.lax.with_sharding_constraint(idx, spec.batch_sharding)
   raw = images[idx]
+  flip_each = spec.flip
+  if spec.view_flip == "shared" and spec.flip:  # one flip of each image, then the views (SSKD)
+    flip_key, key = jax.random.split(key)
+    raw, flip_each = augment.random_crop_flip(flip_key, raw, 0, True), False
   xs = []
   for k, view_key in enumerate(jax.random.split(key, spec.views)):
     transform = spec.view_transforms[k] if spec.view_transforms else None
     if transform is None:
-      view = augment.random_crop_flip(view_key, raw, spec.crop_padding, spec.flip)
+      view = augment.random_crop_flip(view_key, raw, spec.crop_padding, flip_each)
     else:
       crop_key, transform_key = jax.random.split(view_key)
-      view = transform(transform_key, augment.random_crop_flip(crop_key, raw, spec.crop_padding, spec.flip))
+      view = transform(transform_key, augment.random_crop_flip(crop_key, raw, spec.crop_padding, flip_each))
     xs.append(augment.normalize(view, spec.mean, spec.std))
-  if spec.views > 1 and spec.view_forward == "each":
+  if spec.views > 1 and spec.view_forward in ("each", "concat"):
     return xs, xs, labels[idx], idx  # every network sees every view
   # Several views (one per cohort member) stack on a leading axis; the teacher sees the first.
   return (xs[0] if spec.views == 1 else jnp.stack(xs)), xs[0], labels[idx], idx
@@ -120,11 +125,18 @@ def train_step(state: TrainState, teacher_vars: Sequence[PyTree], images, labels
       jax.random.fold_in(spec.aug_key, state.step), 4)
   x, x_teacher, y, idx = select_batch(spec, state.step, images, labels, perm, crop_key)
   progress = methods_lib.Progress(step=state.step, epoch=state.step // spec.steps_per_epoch)
-  each = isinstance(x, list)  # view_forward='each': a list of views, every network on each
+  # A list of views (view_forward 'each' or 'concat'): every network runs on every view, one call
+  # per view ('each') or one call on the views concatenated along the batch ('concat'); the
+  # method gets a list of outputs, one per view.
+  views = x if isinstance(x, list) else None
+  concat = views is not None and spec.view_forward == "concat"
+  calls = [jnp.concatenate(views)] if concat else (views or [x])
+  unpack = (lambda outs: _split_views(outs[0], len(views))) if concat else (
+      (lambda outs: outs) if views is not None else (lambda outs: outs[0]))
   teacher_out = None
   if spec.teacher_forward is not None:
-    teacher_out = ([spec.teacher_forward(teacher_vars, v, teacher_key) for v in x_teacher] if each
-                   else spec.teacher_forward(teacher_vars, x_teacher, teacher_key))
+    teacher_out = (unpack([spec.teacher_forward(teacher_vars, v, teacher_key) for v in calls])
+                   if views is not None else spec.teacher_forward(teacher_vars, x_teacher, teacher_key))
 
   params, batch_stats, method_state = state.params, state.batch_stats, state.method_state
   opt_states = optim.pass_opt_states(spec.txs, state.opt_state)
@@ -134,16 +146,16 @@ def train_step(state: TrainState, teacher_vars: Sequence[PyTree], images, labels
 
     def loss_fn(p, update=update, batch_stats=batch_stats, method_state=method_state, k=k):
       outs = []
-      for v, view in enumerate(x if each else [x]):  # BatchNorm statistics carried view to view
+      for v, view in enumerate(calls):  # BatchNorm statistics carried call to call
         out, mutated = spec.model.apply({"params": p["student"], "batch_stats": batch_stats},
                                         view, train=True, mutable=["batch_stats"],
                                         rngs={"dropout": jax.random.fold_in(dropout_key, k + 1000 * v)})
         batch_stats = mutated["batch_stats"]
         outs.append(out)
-      out = outs if each else outs[0]
+      out = unpack(outs)
       loss, pass_metrics, new_method_state = update.loss(p["method"], method_state, out,
                                                          teacher_out, batch, progress)
-      return loss, (pass_metrics, batch_stats, new_method_state, outs[0][0])
+      return loss, (pass_metrics, batch_stats, new_method_state, (out[0] if views is not None else out)[0])
 
     (loss, (pass_metrics, batch_stats, method_state, pass_logits)), grads = _value_and_grads(
         loss_fn, params, update.grad_groups)
@@ -168,6 +180,12 @@ def train_step(state: TrainState, teacher_vars: Sequence[PyTree], images, labels
   metrics = dict(metrics, loss=total, lr=spec.lr_fn(state.step),
                  top1=100.0 * jnp.sum(jnp.argmax(logits, -1) == y) / jnp.maximum(jnp.sum(y >= 0), 1))
   return new_state, metrics
+
+
+def _split_views(out: PyTree, n: int) -> list:
+  """A model output computed on n views concatenated along the batch, as n per-view outputs."""
+  parts = jax.tree.map(lambda a: jnp.split(a, n), out)
+  return [jax.tree.map(lambda a, i=i: a[i], parts, is_leaf=lambda a: isinstance(a, list)) for i in range(n)]
 
 
 def _value_and_grads(loss_fn: Callable, params: PyTree, groups: int):
@@ -197,7 +215,8 @@ def step_spec(model, method: methods_lib.Method, txs: Sequence[optax.GradientTra
     forward = teachers_lib.make_teacher_forward(teachers, mean=data["mean"], std=data["std"],
                                                 bn_mode=teacher_bn_mode, ensemble=ensemble)
   return StepSpec(model=model, passes=passes, txs=txs, lr_fn=lr_fn, teacher_forward=forward,
-                  view_transforms=tuple(method.view_transforms), view_forward=method.view_forward, **data)
+                  view_transforms=tuple(method.view_transforms), view_forward=method.view_forward,
+                  view_flip=method.view_flip, **data)
 
 
 def make_train_step(model, method: methods_lib.Method, txs: Sequence[optax.GradientTransformation], lr_fn,

@@ -231,3 +231,54 @@ def mlkd(s_weak, s_strong, t_weak, t_strong, labels, temperature=4.0, ce_weight=
   cc_weak = sum(kd_weight * (cc_(s_weak, t_weak, T) * class_mask).mean() for T in temps)
   bc_weak = sum(kd_weight * (bc_(s_weak, t_weak, T) * mask).mean() for T in temps)
   return loss_ce + kd_weak + kd_strong + cc_weak + bc_weak
+
+
+def sskd_student(output, s_feat, knowledge, t_feat, target, batch, kd_T=4.0, tf_T=4.0, ss_T=0.5,
+                 ratio_tf=1.0, ratio_ss=0.75, weights=(0.1, 0.9, 2.7, 10.0)):
+  """SSKD's student loss as its release's `student.py` computes it, on 4B rows ordered image by
+  image (rotations 0, 1, 2, 3 of image 0, then of image 1, ...); `s_feat`/`t_feat` are the
+  projection heads' outputs. Ties of the error-level ranking are broken by position (stable)."""
+  nor_index = (torch.arange(4 * batch) % 4 == 0)
+  aug_index = (torch.arange(4 * batch) % 4 != 0)
+  log_nor_output = F.log_softmax(output[nor_index] / kd_T, dim=1)
+  log_aug_output = F.log_softmax(output[aug_index] / tf_T, dim=1)
+  nor_knowledge = F.softmax(knowledge[nor_index] / kd_T, dim=1)
+  aug_knowledge = F.softmax(knowledge[aug_index] / tf_T, dim=1)
+
+  def keep(scores, targets, ratio):
+    rank = torch.argsort(scores, dim=1, descending=True, stable=True)
+    rank = torch.argmax(torch.eq(rank, targets.unsqueeze(1)).long(), dim=1)
+    index = torch.argsort(rank, stable=True)
+    wrong = torch.nonzero(rank, as_tuple=True)[0].numel()
+    return torch.sort(index[:3 * batch - wrong + int(wrong * ratio)])[0]
+
+  aug_target = target.unsqueeze(1).expand(-1, 3).contiguous().view(-1).long()
+  distill_index_tf = keep(aug_knowledge, aug_target, ratio_tf)
+
+  def simi(feat):
+    nor, aug = feat[nor_index], feat[aug_index]
+    nor = nor.unsqueeze(2).expand(-1, -1, 3 * batch).transpose(0, 2)
+    aug = aug.unsqueeze(2).expand(-1, -1, 1 * batch)
+    return F.cosine_similarity(aug, nor, dim=1)
+
+  s_simi, t_simi = simi(s_feat), simi(t_feat).detach()
+  distill_index_ss = keep(t_simi, torch.arange(batch).unsqueeze(1).expand(-1, 3).contiguous().view(-1).long(),
+                          ratio_ss)
+  loss1 = F.cross_entropy(output[nor_index], target)
+  loss2 = F.kl_div(log_nor_output, nor_knowledge, reduction="batchmean") * kd_T * kd_T
+  loss3 = F.kl_div(log_aug_output[distill_index_tf], aug_knowledge[distill_index_tf],
+                   reduction="batchmean") * tf_T * tf_T
+  loss4 = F.kl_div(F.log_softmax(s_simi / ss_T, dim=1)[distill_index_ss],
+                   F.softmax(t_simi / ss_T, dim=1)[distill_index_ss], reduction="batchmean") * ss_T * ss_T
+  return weights[0] * loss1 + weights[1] * loss2 + weights[2] * loss3 + weights[3] * loss4
+
+
+def sskd_teacher_head(rep, batch):
+  """The release's self-supervised loss of the teacher's head (rows image by image as above)."""
+  nor_index = (torch.arange(4 * batch) % 4 == 0)
+  aug_index = (torch.arange(4 * batch) % 4 != 0)
+  nor = rep[nor_index].unsqueeze(2).expand(-1, -1, 3 * batch).transpose(0, 2)
+  aug = rep[aug_index].unsqueeze(2).expand(-1, -1, 1 * batch)
+  simi = F.cosine_similarity(aug, nor, dim=1)
+  target = torch.arange(batch).unsqueeze(1).expand(-1, 3).contiguous().view(-1).long()
+  return F.cross_entropy(simi, target)
