@@ -50,10 +50,13 @@ def test_the_masks_keep_the_less_confident_half_with_numpys_median():
 
 
 @pytest.mark.parametrize("scale", [1e2, 1e4])
-def test_mlkd_finite_at_extreme_logits(scale):
+@pytest.mark.parametrize("temperature", [0.5, 10.0])
+def test_mlkd_finite_at_extreme_logits(scale, temperature):
   *logits, y = _logits(2)
   s_w, s_s, t_w, t_s = (np.float32(scale) * a.astype(np.float32) for a in logits)
-  method = methods.get("mlkd", recipes.base_config())
+  cfg = recipes.base_config()
+  cfg.mlkd.temperature = temperature
+  method = methods.get("mlkd", cfg)
   fn = lambda a, b: method.loss({}, {}, [(a, {}), (b, {})], [(t_w, {}), (t_s, {})], {"label": y}, PROGRESS)[0]
   value, grads = jax.value_and_grad(fn, argnums=(0, 1))(jnp.asarray(s_w), jnp.asarray(s_s))
   assert np.isfinite(float(value)) and all(np.all(np.isfinite(np.asarray(g))) for g in grads)

@@ -139,3 +139,19 @@ def test_tfkd_refuses_an_unknown_mode():
   cfg.tfkd.mode = "selfish"
   with pytest.raises(UserError, match="valid: self, reg"):
     methods.get("tfkd", cfg)
+
+
+@pytest.mark.parametrize("scale", [1e2, 1e4])
+@pytest.mark.parametrize("temperature", [0.5, 10.0])
+def test_srd_finite_at_extreme_logits(scale, temperature):
+  pooled_s, pooled_t, z_s, z_t, fc, y = _outs(6)
+  cfg = recipes.base_config()
+  cfg.srd.temperature = temperature
+  method = methods.get("srd", cfg)
+  t_out = (jnp.asarray(scale * z_t, jnp.float32), {"pooled": jnp.asarray(pooled_t, jnp.float32)})
+  params, state = method.init(jax.random.key(0), (jnp.asarray(z_s, jnp.float32), {"pooled": jnp.asarray(pooled_s, jnp.float32)}),
+                              t_out, {"teacher_variables": {"params": {"fc": fc}}})
+  fn = lambda z: method.loss(params, state, (z, {"pooled": jnp.asarray(pooled_s, jnp.float32)}), t_out,
+                             {"label": y}, PROGRESS)[0]
+  value, grad = jax.value_and_grad(fn)(jnp.asarray(scale * z_s, jnp.float32))
+  assert np.isfinite(float(value)) and np.all(np.isfinite(np.asarray(grad)))

@@ -102,3 +102,16 @@ def test_the_method_trains_the_students_head_and_prestages_the_teachers():
   c = recipes.load_config_module("configs/sskd_cifar.py").get_config("resnet32x4,ShuffleV2")
   assert (c.method, c.optim.lr, c.sskd.tf_weight, c.sskd.ss_weight, c.sskd.ss_temperature) == (
       "sskd", 0.01, 2.7, 10.0, 0.5)
+
+
+@pytest.mark.parametrize("scale", [1e2, 1e4])
+@pytest.mark.parametrize("temperature", [0.5, 10.0])
+def test_sskd_finite_at_extreme_logits(scale, temperature):
+  s_z, t_z, s_r, t_r, y = _outputs(5)
+  c = recipes.base_config().sskd
+  c.kd_temperature = c.tf_temperature = c.ss_temperature = temperature
+  f32 = lambda xs, k=1.0: [jnp.asarray(k * a, jnp.float32) for a in xs]
+  fn = lambda sz: sum(v for k, v in sskd_lib.sskd_terms(c, sz, f32(t_z, scale), f32(s_r), f32(t_r),
+                                                        jnp.asarray(y, jnp.int32)).items() if not k.startswith("kept"))
+  value, grads = jax.value_and_grad(fn)(f32(s_z, scale))
+  assert np.isfinite(float(value)) and all(np.all(np.isfinite(np.asarray(g))) for g in grads)

@@ -71,10 +71,11 @@ def test_the_weights_decay_as_the_release_after_epoch_150():
 
 
 @pytest.mark.parametrize("scale", [1e2, 1e4])
-def test_wkd_logit_finite_at_extreme_logits(scale):
+@pytest.mark.parametrize("temperature", [0.5, 8.0, 10.0])
+def test_wkd_logit_finite_at_extreme_logits(scale, temperature):
   z_s, z_t, cost, y = _logits(3, scale=scale)
   fn = lambda z: sum(wkd_lib.wkd_logit_loss(z, jnp.asarray(z_t, jnp.float32), jnp.asarray(y, jnp.int32),
-                                            jnp.asarray(cost, jnp.float32), 8.0, 600.0, 0.05, 10))
+                                            jnp.asarray(cost, jnp.float32), temperature, 600.0, 0.05, 10))
   value, grad = jax.value_and_grad(fn)(jnp.asarray(z_s, jnp.float32))
   assert np.isfinite(float(value)) and np.all(np.isfinite(np.asarray(grad)))
 
