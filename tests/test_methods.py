@@ -205,3 +205,16 @@ def test_vanilla_is_cross_entropy():
 def test_unknown_method_lists_valid_ones():
   with pytest.raises(UserError, match="valid methods: .*dkd.*kd.*vanilla"):
     methods.get("dkdd", recipes.base_config())
+
+
+def test_dkd_ls_config_carries_the_releases_settings():
+  """DKD+LS: alpha = W, beta = beta0 * W, T from the release's log names, LS on; its README numbers."""
+  from experiments.repro import tables  # pylint: disable=import-outside-toplevel
+  module = recipes.load_config_module("configs/dkd_ls_cifar.py")
+  c = module.get_config("vgg13,vgg8")
+  assert (c.method, c.dkd.temperature, c.dkd.alpha, c.dkd.beta, c.dkd.logit_standardization) == (
+      "dkd", 2.0, 15.0, 30.0, True)
+  d = module.get_config("resnet32x4,resnet8x4")
+  assert (d.dkd.alpha, d.dkd.beta, d.dkd.ce_weight) == (9.0, 72.0, 1.0)
+  assert set(module.PAIRS) == set(tables.REPORTED["dkd_ls_cifar"]) == set(tables.TABLES["ls"])
+  assert tables.REPORTED["dkd_ls_cifar"]["resnet32x4,resnet8x4"] == 77.01

@@ -47,13 +47,13 @@ TABLES: dict[str, tuple[str, ...]] = {
     "modern": ("resnet32x4,resnet8x4", "vgg13,vgg8", "wrn_40_2,wrn_40_1", "resnet56,resnet20",
                "resnet32x4,ShuffleV2"),
 }
-DEFAULT_METHODS = {"ls": "kd,kd_ls", "dist": "kd,dist", "ctkd": "kd,ctkd", "ickd": "kd,ickd", "dot": "kd,dot",
+DEFAULT_METHODS = {"ls": "kd,kd_ls,dkd,dkd_ls", "dist": "kd,dist", "ctkd": "kd,ctkd", "ickd": "kd,ickd", "dot": "kd,dot",
                    "srd": "kd,srd", "simkd": "kd,srd,simkd", "tfkd": "vanilla,tfkd",
                    "wkd": "kd,wkd", "mlkd": "kd,mlkd", "sskd": "kd,sskd",
                    "modern": "kd,kd_ls,dist,ctkd,ickd,dot,mlkd,srd,simkd,wkd,sskd"}
 TITLES = {
-    "ls": "CIFAR-100, KD with logit standardization (`kd_ls`) vs KD (docs/sources.md [S5]; "
-          "configs/kd_ls_cifar.py)",
+    "ls": "CIFAR-100, KD and DKD with logit standardization (`kd_ls`, `dkd_ls`) vs KD and DKD "
+          "(docs/sources.md [S5]; configs/kd_ls_cifar.py, configs/dkd_ls_cifar.py)",
     "ctkd": "CIFAR-100, CTKD (curriculum temperature) vs KD (docs/sources.md [S7]; configs/ctkd_cifar.py)",
     "ickd": "CIFAR-100, ICKD-C vs KD (docs/sources.md [S8]; configs/ickd_cifar.py)",
     "dist": "CIFAR-100, DIST vs KD (docs/sources.md [S6]; configs/dist_cifar.py)",
@@ -78,6 +78,12 @@ REPORTED: dict[str, dict[str, float]] = {
                     'resnet32x4,wrn_16_2': 75.26, 'resnet32x4,wrn_40_2': 77.92,
                     'wrn_40_2,resnet8x4': 77.11, 'wrn_40_2,MobileNetV2': 69.23,
                     'vgg13,MobileNetV2': 68.61, 'ResNet50,MobileNetV2': 69.02},
+    # Logit standardization's README (docs/sources.md [S5]): the DKD+Ours rows; epoch not stated.
+    'dkd_ls_cifar': {'resnet32x4,resnet8x4': 77.01, 'vgg13,vgg8': 74.81, 'wrn_40_2,wrn_40_1': 74.89,
+                     'wrn_40_2,wrn_16_2': 76.39, 'resnet56,resnet20': 72.32, 'resnet110,resnet32': 74.29,
+                     'resnet110,resnet20': 71.85, 'resnet32x4,ShuffleV2': 77.37, 'resnet32x4,wrn_16_2': 76.19,
+                     'resnet32x4,wrn_40_2': 78.95, 'wrn_40_2,resnet8x4': 76.75, 'wrn_40_2,MobileNetV2': 70.01,
+                     'vgg13,MobileNetV2': 69.98, 'ResNet50,MobileNetV2': 70.45},
     # CTKD's release README (docs/sources.md [S7]): the KD+CTKD row; epoch not stated.
     'ctkd_cifar': {'resnet56,resnet20': 71.19, 'resnet110,resnet32': 73.52, 'resnet110,resnet20': 70.99,
                    'wrn_40_2,wrn_16_2': 75.45, 'wrn_40_2,wrn_40_1': 73.93, 'vgg13,vgg8': 73.52},
