@@ -184,3 +184,12 @@ def test_ctkd_config_carries_the_release_recipe_and_numbers():
   assert (c.ctkd.lambda_max, c.ctkd.lambda_min, c.ctkd.loops, c.optim.lr) == (0.0, -1.0, 10.0, 0.05)
   assert set(module.PAIRS) == set(tables.REPORTED["ctkd_cifar"]) == set(tables.TABLES["ctkd"])
   assert tables.REPORTED["ctkd_cifar"]["resnet56,resnet20"] == 71.19
+
+
+def test_ctkd_ls_config_carries_the_releases_settings():
+  from experiments.repro import tables  # pylint: disable=import-outside-toplevel
+  module = recipes.load_config_module("configs/ctkd_ls_cifar.py")
+  c = module.get_config("vgg13,vgg8")
+  assert (c.method, c.ctkd.ce_weight, c.ctkd.kd_weight, c.ctkd.logit_standardization) == ("ctkd", 0.1, 9.0, True)
+  assert set(module.PAIRS) == set(tables.REPORTED["ctkd_ls_cifar"]) == set(tables.TABLES["ls"])
+  assert tables.REPORTED["ctkd_ls_cifar"]["resnet32x4,resnet8x4"] == 76.67

@@ -47,13 +47,13 @@ TABLES: dict[str, tuple[str, ...]] = {
     "modern": ("resnet32x4,resnet8x4", "vgg13,vgg8", "wrn_40_2,wrn_40_1", "resnet56,resnet20",
                "resnet32x4,ShuffleV2"),
 }
-DEFAULT_METHODS = {"ls": "kd,kd_ls,dkd,dkd_ls", "dist": "kd,dist", "ctkd": "kd,ctkd", "ickd": "kd,ickd", "dot": "kd,dot",
+DEFAULT_METHODS = {"ls": "kd,kd_ls,dkd,dkd_ls,ctkd,ctkd_ls", "dist": "kd,dist", "ctkd": "kd,ctkd", "ickd": "kd,ickd", "dot": "kd,dot",
                    "srd": "kd,srd", "simkd": "kd,srd,simkd", "tfkd": "vanilla,tfkd",
                    "wkd": "kd,wkd", "mlkd": "kd,mlkd", "sskd": "kd,sskd",
                    "modern": "kd,kd_ls,dist,ctkd,ickd,dot,mlkd,srd,simkd,wkd,sskd"}
 TITLES = {
-    "ls": "CIFAR-100, KD and DKD with logit standardization (`kd_ls`, `dkd_ls`) vs KD and DKD "
-          "(docs/sources.md [S5]; configs/kd_ls_cifar.py, configs/dkd_ls_cifar.py)",
+    "ls": "CIFAR-100, KD, DKD and CTKD with logit standardization (`kd_ls`, `dkd_ls`, `ctkd_ls`) vs "
+          "without (docs/sources.md [S5]; configs/{kd,dkd,ctkd}_ls_cifar.py; MLKD+LS: the mlkd table)",
     "ctkd": "CIFAR-100, CTKD (curriculum temperature) vs KD (docs/sources.md [S7]; configs/ctkd_cifar.py)",
     "ickd": "CIFAR-100, ICKD-C vs KD (docs/sources.md [S8]; configs/ickd_cifar.py)",
     "dist": "CIFAR-100, DIST vs KD (docs/sources.md [S6]; configs/dist_cifar.py)",
@@ -84,6 +84,12 @@ REPORTED: dict[str, dict[str, float]] = {
                      'resnet110,resnet20': 71.85, 'resnet32x4,ShuffleV2': 77.37, 'resnet32x4,wrn_16_2': 76.19,
                      'resnet32x4,wrn_40_2': 78.95, 'wrn_40_2,resnet8x4': 76.75, 'wrn_40_2,MobileNetV2': 70.01,
                      'vgg13,MobileNetV2': 69.98, 'ResNet50,MobileNetV2': 70.45},
+    # Logit standardization's README (docs/sources.md [S5]): the CTKD+Ours rows; epoch not stated.
+    'ctkd_ls_cifar': {'resnet32x4,resnet8x4': 76.67, 'vgg13,vgg8': 74.47, 'wrn_40_2,wrn_40_1': 74.58,
+                      'wrn_40_2,wrn_16_2': 76.08, 'resnet56,resnet20': 71.34, 'resnet110,resnet32': 74.01,
+                      'resnet110,resnet20': 71.39, 'resnet32x4,ShuffleV2': 76.18, 'resnet32x4,wrn_16_2': 75.16,
+                      'resnet32x4,wrn_40_2': 77.99, 'wrn_40_2,resnet8x4': 77.03, 'wrn_40_2,MobileNetV2': 69.53,
+                      'vgg13,MobileNetV2': 68.98, 'ResNet50,MobileNetV2': 69.36},
     # CTKD's release README (docs/sources.md [S7]): the KD+CTKD row; epoch not stated.
     'ctkd_cifar': {'resnet56,resnet20': 71.19, 'resnet110,resnet32': 73.52, 'resnet110,resnet20': 70.99,
                    'wrn_40_2,wrn_16_2': 75.45, 'wrn_40_2,wrn_40_1': 73.93, 'vgg13,vgg8': 73.52},
