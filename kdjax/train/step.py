@@ -125,18 +125,12 @@ def train_step(state: TrainState, teacher_vars: Sequence[PyTree], images, labels
       jax.random.fold_in(spec.aug_key, state.step), 4)
   x, x_teacher, y, idx = select_batch(spec, state.step, images, labels, perm, crop_key)
   progress = methods_lib.Progress(step=state.step, epoch=state.step // spec.steps_per_epoch)
-  # A list of views (view_forward 'each' or 'concat'): every network runs on every view, one call
-  # per view ('each') or one call on the views concatenated along the batch ('concat'); the
-  # method gets a list of outputs, one per view.
-  views = x if isinstance(x, list) else None
-  concat = views is not None and spec.view_forward == "concat"
-  calls = [jnp.concatenate(views)] if concat else (views or [x])
-  unpack = (lambda outs: _split_views(outs[0], len(views))) if concat else (
-      (lambda outs: outs) if views is not None else (lambda outs: outs[0]))
+  views = isinstance(x, list)
+  calls, unpack = _network_calls(spec, x)
   teacher_out = None
   if spec.teacher_forward is not None:
-    teacher_out = (unpack([spec.teacher_forward(teacher_vars, v, teacher_key) for v in calls])
-                   if views is not None else spec.teacher_forward(teacher_vars, x_teacher, teacher_key))
+    teacher_out = (unpack([spec.teacher_forward(teacher_vars, v, teacher_key) for v in calls]) if views
+                   else spec.teacher_forward(teacher_vars, x_teacher, teacher_key))
 
   params, batch_stats, method_state = state.params, state.batch_stats, state.method_state
   opt_states = optim.pass_opt_states(spec.txs, state.opt_state)
@@ -155,7 +149,7 @@ def train_step(state: TrainState, teacher_vars: Sequence[PyTree], images, labels
       out = unpack(outs)
       loss, pass_metrics, new_method_state = update.loss(p["method"], method_state, out,
                                                          teacher_out, batch, progress)
-      return loss, (pass_metrics, batch_stats, new_method_state, (out[0] if views is not None else out)[0])
+      return loss, (pass_metrics, batch_stats, new_method_state, (out[0] if views else out)[0])
 
     (loss, (pass_metrics, batch_stats, method_state, pass_logits)), grads = _value_and_grads(
         loss_fn, params, update.grad_groups)
@@ -180,6 +174,18 @@ def train_step(state: TrainState, teacher_vars: Sequence[PyTree], images, labels
   metrics = dict(metrics, loss=total, lr=spec.lr_fn(state.step),
                  top1=100.0 * jnp.sum(jnp.argmax(logits, -1) == y) / jnp.maximum(jnp.sum(y >= 0), 1))
   return new_state, metrics
+
+
+def _network_calls(spec: StepSpec, x) -> tuple[list, Callable]:
+  """(the inputs a network is called on, how its outputs become what the method gets). One input
+  normally; with a list of views (view_forward 'each' or 'concat') every network sees every view,
+  one call per view ('each') or one call on the views concatenated along the batch ('concat'),
+  and the method gets a list of outputs, one per view."""
+  if not isinstance(x, list):
+    return [x], lambda outs: outs[0]
+  if spec.view_forward == "concat":
+    return [jnp.concatenate(x)], lambda outs: _split_views(outs[0], len(x))
+  return x, lambda outs: outs
 
 
 def _split_views(out: PyTree, n: int) -> list:
