@@ -187,6 +187,9 @@ class TrainStateCheckpoints:
   def __init__(self, directory: str):
     """Opens (or creates) the train-state directory `directory`."""
     self.directory = os.path.abspath(directory)
+    # A save killed mid-way (SIGKILL, power loss) leaves its temporary directory; it is not a
+    # checkpoint, and the next save of that step would warn on stderr before replacing it.
+    _remove_partial(self.directory)
     self._mgr = self._open()
 
   def _open(self) -> ocp.CheckpointManager:

@@ -95,6 +95,26 @@ def test_a_checkpoint_from_before_digests_still_restores(tmp_path):
   assert _same(state, _state(1)) and history["epochs"] == [1, 2, 3]
 
 
+def test_a_save_killed_mid_way_leaves_nothing_that_the_resumed_run_trips_over(tmp_path, capfd):
+  """The temporary directory of a killed save goes when the run reopens its checkpoints, quietly."""
+  directory = str(tmp_path / "checkpoints")
+  ckpts = checkpoint.TrainStateCheckpoints(directory)
+  ckpts.save(4, _state(1), {"epochs": [1]})
+  ckpts.close()
+  # What a SIGKILL during the save of step 8 leaves: a half-written temporary directory.
+  os.makedirs(os.path.join(directory, "8.orbax-checkpoint-tmp", "state"))
+  with open(os.path.join(directory, "8.orbax-checkpoint-tmp", "state", "partial"), "wb") as f:
+    f.write(b"\0" * 100)
+  capfd.readouterr()
+  ckpts = checkpoint.TrainStateCheckpoints(directory)
+  assert sorted(os.listdir(directory)) == ["4"] and ckpts.latest_epoch() == 4
+  state, _ = ckpts.restore(_state(0))
+  ckpts.save(8, _state(2), {"epochs": [1, 2]})
+  ckpts.close()
+  assert "already exists" not in capfd.readouterr().err
+  assert _same(state, _state(1)) and sorted(os.listdir(directory)) == ["4", "8"]
+
+
 @contextlib.contextmanager
 def _small_disk(mount, mib: int):
   """A `mib`-MiB tmpfs at `mount` for the block; the test is skipped where none can be mounted."""
