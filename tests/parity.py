@@ -4,8 +4,7 @@
 * `nchw`/`nhwc`, `CONV`/`DENSE`/`SAME`, `load`: NHWC <-> NCHW and Flax -> torch weight copies;
 * `assert_equal64`/`assert_equal32`: the float64 (elementwise, 1e-9) and float32 (norm-wise
   1e-5, or as accurate as PyTorch's own float32) comparisons;
-* `FAST_COMPILE`: XLA flags that make CPU compilation of a real step cheaper in subprocess
-  tests (they change compile time, not results).
+* `FAST_COMPILE`: the cheaper XLA:CPU compilation every test process uses (tests/xla.py).
 """
 import functools
 import os
@@ -16,11 +15,11 @@ import numpy as np
 import torch
 
 from kdjax import models
+from tests import xla
 
 BATCH = 8
 RTOL32, RTOL64 = 1e-5, 1e-9
-FAST_COMPILE = ("--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true "
-                "--xla_cpu_use_fusion_emitters=false")
+FAST_COMPILE = xla.FAST_COMPILE
 
 
 def cli_env(**extra: str) -> dict:
@@ -28,8 +27,10 @@ def cli_env(**extra: str) -> dict:
   FAST_COMPILE (these runs compile a lot and train a few steps; both sides of every comparison
   they make run under the same flags), plus `extra`."""
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  flags = os.environ.get("XLA_FLAGS", "")
+  flags = flags if FAST_COMPILE in flags else f"{flags} {FAST_COMPILE}".strip()
   return dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", JAX_PLATFORMS="cpu", PYTHONPATH=root,
-              XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} {FAST_COMPILE}".strip(), **extra)
+              XLA_FLAGS=flags, **extra)
 
 
 @functools.lru_cache(maxsize=None)

@@ -64,6 +64,7 @@ def _compare(dataset, teachers, method, steps, seeds_map):
   return run2, fitter2, both, metrics2, singles
 
 
+@pytest.mark.optimized
 @pytest.mark.long
 @pytest.mark.parametrize("method", ["kd", "crd"])
 def test_each_seed_of_a_sequential_run_is_its_single_run_bit_for_bit(method):
@@ -108,6 +109,7 @@ def test_each_seed_of_a_vmapped_kd_run_equals_its_single_run():
   assert not np.allclose(jax.tree.leaves(both.params)[0][0], jax.tree.leaves(both.params)[0][1])
 
 
+@pytest.mark.optimized
 @pytest.mark.long
 def test_each_seed_keeps_its_own_method_state_crd_vmap():
   """vmap: CRD's memory banks, normaliser and embeddings per seed: after one step each seed's method
@@ -228,6 +230,7 @@ def test_quickstart_with_three_seeds_writes_each_seed_and_the_mean(tmp_path):
   assert again.returncode == 0 and "nothing to do" in again.stdout
 
 
+@pytest.mark.optimized
 @pytest.mark.long
 def test_a_resumed_seeds_run_is_bit_identical_to_an_uninterrupted_one(tmp_path):
   """Stop after epoch 1 (checkpoint), restore, finish epoch 2: the same state bit for bit as

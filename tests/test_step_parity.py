@@ -147,6 +147,7 @@ def test_fifty_kd_steps_loss_curve_matches_pytorch():
   np.testing.assert_allclose(jax_losses, torch_losses, atol=1e-3)
 
 
+@pytest.mark.optimized
 @pytest.mark.long
 def test_fifty_dkd_steps_loss_curve_matches_pytorch_in_float64():
   """50 DKD steps, 5 per epoch (the warmup moves through 10 epochs), both sides in float64.
@@ -161,6 +162,7 @@ def test_fifty_dkd_steps_loss_curve_matches_pytorch_in_float64():
   assert np.max(np.abs(jax_losses - torch_losses)) < 1e-6
 
 
+@pytest.mark.optimized
 def test_three_dot_steps_match_pytorch_in_float64():
   """KD + DOT for three steps (both momentum buffers in play), both sides in float64."""
   with jax.enable_x64(True):

@@ -78,6 +78,7 @@ def _dkd_losses(temperature, lr=None):
   return np.asarray(jax.device_get(losses)), int(state.nonfinite_step)
 
 
+@pytest.mark.optimized
 @pytest.mark.long
 @pytest.mark.parametrize("temperature", [2.0, 4.0, 8.0])
 def test_dkd_tiny_cnn_stays_finite(temperature):
