@@ -43,10 +43,21 @@ def pytest_configure(config):
 
 
 def pytest_collection_modifyitems(config, items):
-  """The long tests first, in their files' order, so that xdist's workers run them side by side
-  early instead of one worker finishing the suite alone with a long test at its end."""
+  """The long tests first, spread over xdist's workers: worksteal hands each of the N workers a
+  contiguous 1/N of this list, so each part starts with its share of the long tests (in their
+  files' order) and none is left running one alone at the end of the suite."""
   del config
-  items.sort(key=lambda item: item.get_closest_marker("long") is None)
+  workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+  long_tests = [item for item in items if item.get_closest_marker("long") is not None]
+  short = [item for item in items if item.get_closest_marker("long") is None]
+  ordered, left = [], len(items)
+  for part in range(workers):
+    size = left // (workers - part)  # the share worksteal sends to the part-th idle worker
+    mine = long_tests[part::workers]
+    ordered += mine + short[:max(size - len(mine), 0)]
+    short = short[max(size - len(mine), 0):]
+    left -= size
+  items[:] = ordered + short
 
 
 @pytest.hookimpl(tryfirst=True)
