@@ -620,8 +620,7 @@ def test_configs_carry_the_published_settings():
 
 # ------------------------------------------------------------- real train steps
 
-_ENV = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=ROOT,
-            XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} {parity.FAST_COMPILE}".strip())
+_ENV = parity.cli_env()
 
 # Two steps, then (CRD) a checkpoint through the trainer's own Orbax manager, two more steps,
 # and the same two steps again from the restored checkpoint: the states must be identical.

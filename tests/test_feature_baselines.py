@@ -309,8 +309,7 @@ print(json.dumps(out))
 @pytest.fixture(scope="module")
 def smoke_results():
   """Runs every SMOKE_RUNS entry in one subprocess (one import, one dataset load)."""
-  env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=ROOT,
-             XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} {parity.FAST_COMPILE}".strip())
+  env = parity.cli_env()
   result = subprocess.run([sys.executable, "-c", _SMOKE_SCRIPT, json.dumps(SMOKE_RUNS)], cwd=ROOT,
                           env=env, capture_output=True, text=True, timeout=900)
   assert result.returncode == 0, result.stderr[-3000:]

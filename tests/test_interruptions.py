@@ -19,8 +19,7 @@ from kdjax.train import loop
 from tests import parity
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", JAX_PLATFORMS="cpu", PYTHONPATH=ROOT,
-           XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} {parity.FAST_COMPILE}".strip())
+ENV = parity.cli_env()
 
 
 def _state(seed: int, size: int = 4096):

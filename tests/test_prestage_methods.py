@@ -419,9 +419,7 @@ _INIT_LOSS_KEY = {"ab": "train_loss_ab", "ft": "train_loss_paraphraser", "fsp": 
 
 def _cli(args, workdir):
   """Runs tests/mocked_main.py on 64 mocked CIFAR-100 images (2 steps of 32 per epoch)."""
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", JAX_PLATFORMS="cpu", PYTHONPATH=ROOT,
-             KDJAX_MOCK_EXAMPLES="64",
-             XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} {parity.FAST_COMPILE}".strip())
+  env = parity.cli_env(KDJAX_MOCK_EXAMPLES="64")
   common = ["--config.epochs=1", "--config.batch_size=32", "--config.eval_batch_size=64",
             "--config.progress_bar=False", f"--workdir={workdir}"]
   result = subprocess.run([sys.executable, os.path.join(ROOT, "tests", "mocked_main.py"), *args,

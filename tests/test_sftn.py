@@ -336,8 +336,7 @@ def test_config_chains_phases():
 
 # ---------------------------------------------------------------------------- end to end
 
-ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", JAX_PLATFORMS="cpu", PYTHONPATH=ROOT,
-           XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} {parity.FAST_COMPILE}".strip())
+ENV = parity.cli_env()
 
 
 def _cli(workdir, teacher_dir):
