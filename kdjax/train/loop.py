@@ -12,6 +12,7 @@ import itertools
 import json
 import os
 import signal
+import sys
 import threading
 import time
 from typing import Any, Callable, Iterator, Optional
@@ -124,6 +125,23 @@ def raise_if_nonfinite(state: TrainState, config: ml_collections.ConfigDict) -> 
         "hyperparameters, or resume from the last checkpoint.")
 
 
+def _summary_writer(logdir: str):
+  """A tensorboardX SummaryWriter, imported without PyTorch.
+
+  tensorboardX imports torch at import time when it is installed (to accept torch tensors,
+  which kdjax never passes), and that costs 1-2 s at the start of every run in an
+  environment that has torch, as a KD researcher's often does.
+  """
+  if "tensorboardX" not in sys.modules and "torch" not in sys.modules:
+    sys.modules["torch"] = None  # makes `import torch` raise ImportError, tensorboardX's fallback
+    try:
+      import tensorboardX  # pylint: disable=import-outside-toplevel,unused-import
+    finally:
+      del sys.modules["torch"]
+  from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
+  return SummaryWriter(logdir)
+
+
 class Writer:
   """Where a phase's metrics go, from process 0 only: TensorBoard, metrics.jsonl, the progress bar."""
 
@@ -132,8 +150,7 @@ class Writer:
     self._bar_on = progress_bar and self._on
     self._bar = None
     if self._on:
-      from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel  (optional dep)
-      self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+      self._tb = _summary_writer(os.path.join(workdir, "tensorboard"))
       self._jsonl = os.path.join(workdir, "metrics.jsonl")
 
   def start_epoch(self, total: int, desc: str) -> None:
