@@ -127,7 +127,10 @@ def test_each_seed_of_a_vmapped_kd_run_equals_its_single_run():
 @pytest.mark.long
 def test_each_seed_keeps_its_own_method_state_crd_vmap():
   """vmap: CRD's memory banks, normaliser and embeddings per seed: after one step each seed's method
-  state and parameters and its loss equal its single run's (the loss bit for bit). Its student
+  state and parameters equal its single run's up to float32 rounding (its loss bit for bit): each leaf within
+  1e-6 of its largest magnitude (or 1e-6 absolute below 1). The normaliser Z (~3e3: a mean over the
+  batch times the training set's size) can differ in its last bit (measured: 1 ulp, 1.6e-7 relative, with this
+  teacher), as the vmapped student's grouped convolutions sum in another order. Its student
   gradients differ more than KD's (up to 5e-4 of a leaf's largest value for seed 3, not yet
   explained: the memory bank, the contrast sampling and the forward pass are equal), so the
   student is compared by the KD test above."""
@@ -136,7 +139,7 @@ def test_each_seed_keeps_its_own_method_state_crd_vmap():
   for k, (alone, metrics1, _) in enumerate(singles):
     mine = jax.tree.map(lambda a: np.asarray(a)[k], both)
     for a, b in zip(jax.tree.leaves(mine.method_state), jax.tree.leaves(alone.method_state)):
-      np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
+      np.testing.assert_allclose(a, b, rtol=0, atol=1e-6 * max(float(np.max(np.abs(b))), 1.0))
     for a, b in zip(jax.tree.leaves(mine.params["method"]), jax.tree.leaves(alone.params["method"])):
       np.testing.assert_allclose(a, b, rtol=0, atol=1e-7)
     assert float(metrics2["loss_crd"][k]) == float(metrics1["loss_crd"])
