@@ -1,4 +1,4 @@
-"""One XLA device per CPU core, chosen before JAX starts a backend.
+"""How kdjax runs on a CPU: one XLA device per core, and convolutions compiled by Eigen.
 
 XLA:CPU runs the large-image convolutions of the CIFAR nets (32x32 maps, 32-64 channels) on a
 single core: the same time on one core as on two (experiments/conv_layers.py, benchmarks.md),
@@ -8,6 +8,10 @@ the DKD resnet32x4 -> resnet8x4 step went from 0.60x to 0.83-0.87x PyTorch's spe
 The command line applies it (`--cpu_devices`); code that imports JAX itself sets XLA_FLAGS
 the same way before its first JAX call. GPU and TPU runs are unaffected: the flag shapes the
 CPU client only.
+
+The train step is compiled with `compiler_options(platform)` (below): on the CPU its
+convolutions go to XLA's Eigen runtime rather than YNNPACK, whose weight gradients are the
+slowest part of a CIFAR step here.
 """
 from __future__ import annotations
 
@@ -15,6 +19,14 @@ import os
 from typing import Iterable, MutableMapping, Optional
 
 CPU_DEVICE_FLAG = "--xla_force_host_platform_device_count"
+YNN_FUSION_OPTION = "xla_cpu_experimental_ynn_fusion_type"
+# XLA:CPU hands dots, elementwise ops and reductions to YNNPACK but leaves convolutions to its
+# Eigen runtime: jax 0.10.2's default sends convolutions to YNNPACK too, whose weight gradients
+# ran 2-3x slower than Eigen's here (32x32, 64 -> 64 at batch 64 on 2 devices: 77 ms vs 26 ms;
+# forward and input gradient equal), so a CIFAR train step went from ~600 to ~400 ms
+# (experiments/vs_pytorch.py, benchmarks.md). Changes results by float32 rounding only.
+CPU_COMPILER_OPTIONS = {YNN_FUSION_OPTION: "LIBRARY_FUSION_TYPE_DOT,LIBRARY_FUSION_TYPE_ELTWISE,"
+                                           "LIBRARY_FUSION_TYPE_REDUCE"}
 
 
 def usable_cores() -> int:
@@ -41,3 +53,12 @@ def split_cpu(config, requested: int = 0, env: Optional[MutableMapping[str, str]
   if n > 1:
     env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {CPU_DEVICE_FLAG}={n}".strip()
   return n
+
+
+def compiler_options(platform: str, env: Optional[MutableMapping[str, str]] = None) -> Optional[dict]:
+  """XLA options for compiling a train step on `platform`: `CPU_COMPILER_OPTIONS` on the CPU
+  unless XLA_FLAGS sets the YNNPACK fusion itself; None (XLA's defaults) elsewhere."""
+  env = os.environ if env is None else env
+  if platform != "cpu" or YNN_FUSION_OPTION in env.get("XLA_FLAGS", ""):
+    return None
+  return dict(CPU_COMPILER_OPTIONS)

@@ -28,6 +28,7 @@ import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from kdjax import checkpoint as ckpt_lib
+from kdjax import cpu as cpu_lib
 from kdjax import data as data_lib
 from kdjax import methods as methods_lib
 from kdjax import models as models_lib
@@ -119,6 +120,7 @@ def build(config: ml_collections.ConfigDict, dataset: data_lib.Dataset, mesh: ja
   their outputs as a list when `config.teachers` names an ensemble.
   """
   replicated = NamedSharding(mesh, P())
+  platform = mesh.devices.flat[0].platform
   batch_sharding = NamedSharding(mesh, P("data"))
   method = method or methods_lib.get(config.method, config)
   model = models_lib.get(config.model, num_classes=dataset.num_classes,
@@ -152,12 +154,14 @@ def build(config: ml_collections.ConfigDict, dataset: data_lib.Dataset, mesh: ja
                             steps_per_epoch=steps_per_epoch, mean=dataset.mean, std=dataset.std,
                             crop_padding=config.data.crop_padding, flip=config.data.flip,
                             aug_key=aug_key[0] if seeds else aug_key, batch_sharding=batch_sharding,
-                            teacher_bn_mode=method.teacher_bn_mode, views=method.views, streaming=streaming)
+                            teacher_bn_mode=method.teacher_bn_mode, views=method.views, streaming=streaming,
+                            teacher_first=platform == "cpu")
   arch, deploy = _deployed(config, method, model, data_lib.image_shape(dataset), teacher_out_fn)
-  mode = seeds_lib.map_mode(config, mesh.devices.flat[0].platform) if seeds else ""
+  mode = seeds_lib.map_mode(config, platform) if seeds else ""
   step_fn = (functools.partial(seeds_lib.train_step, spec=spec, aug_keys=aug_key, mode=mode) if seeds
              else functools.partial(step_lib.train_step, spec=spec))
-  train_step = jax.jit(step_fn, out_shardings=(replicated, replicated), donate_argnums=(0,))
+  train_step = jax.jit(step_fn, out_shardings=(replicated, replicated), donate_argnums=(0,),
+                       compiler_options=cpu_lib.compiler_options(platform))
   permute_one = lambda key: jax.random.permutation(key, num_train)
   permute = jax.jit(jax.vmap(permute_one) if seeds else permute_one, out_shardings=replicated)
   num_devices = mesh.devices.size
