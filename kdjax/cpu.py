@@ -10,8 +10,10 @@ the same way before its first JAX call. GPU and TPU runs are unaffected: the fla
 CPU client only.
 
 The train step is compiled with `compiler_options(platform)` (below): on the CPU its
-convolutions go to XLA's Eigen runtime rather than YNNPACK, whose weight gradients are the
-slowest part of a CIFAR step here.
+convolutions go to XLA's Eigen runtime rather than YNNPACK (the single-core convolutions above
+are YNNPACK's), whose weight gradients were the slowest part of a CIFAR step. Eigen uses every
+core, and the split still pays: DKD step 946-1023 ms on 2 devices, 1067 ms on one, 1100 ms on 4
+(2026-12-07).
 """
 from __future__ import annotations
 
@@ -21,9 +23,10 @@ from typing import Iterable, MutableMapping, Optional
 CPU_DEVICE_FLAG = "--xla_force_host_platform_device_count"
 YNN_FUSION_OPTION = "xla_cpu_experimental_ynn_fusion_type"
 # XLA:CPU hands dots, elementwise ops and reductions to YNNPACK but leaves convolutions to its
-# Eigen runtime: jax 0.10.2's default sends convolutions to YNNPACK too, whose weight gradients
-# ran 2-3x slower than Eigen's here (32x32, 64 -> 64 at batch 64 on 2 devices: 77 ms vs 26 ms;
-# forward and input gradient equal), so a CIFAR train step went from ~600 to ~400 ms
+# Eigen runtime. jax 0.10.2's default sends convolutions to YNNPACK too, whose weight gradients
+# ran 1.5-4x slower than Eigen's on 2 cores (32x32, 64 -> 64 at batch 64: 145 vs 38 ms) and its
+# 32x32 forward on one core (36 vs 19 ms; experiments/conv_layers.py): the resnet8x4 train step
+# went from 590 to 395 ms, DKD resnet32x4 -> resnet8x4 from ~1140 to ~960 ms with teacher_first
 # (experiments/vs_pytorch.py, benchmarks.md). Changes results by float32 rounding only.
 CPU_COMPILER_OPTIONS = {YNN_FUSION_OPTION: "LIBRARY_FUSION_TYPE_DOT,LIBRARY_FUSION_TYPE_ELTWISE,"
                                            "LIBRARY_FUSION_TYPE_REDUCE"}
