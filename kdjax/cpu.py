@@ -28,6 +28,8 @@ YNN_FUSION_OPTION = "xla_cpu_experimental_ynn_fusion_type"
 # 32x32 forward on one core (36 vs 19 ms; experiments/conv_layers.py): the resnet8x4 train step
 # went from 590 to 395 ms, DKD resnet32x4 -> resnet8x4 from ~1140 to ~960 ms with teacher_first
 # (experiments/vs_pytorch.py, benchmarks.md). Changes results by float32 rounding only.
+# One graph kdjax does not build (eval BatchNorm folded into one multiply-add) made XLA:CPU abort
+# with heap corruption under this set (benchmarks.md, 2026-12-07); XLA_FLAGS overrides it.
 CPU_COMPILER_OPTIONS = {YNN_FUSION_OPTION: "LIBRARY_FUSION_TYPE_DOT,LIBRARY_FUSION_TYPE_ELTWISE,"
                                            "LIBRARY_FUSION_TYPE_REDUCE"}
 
