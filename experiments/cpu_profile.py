@@ -88,6 +88,9 @@ def main(argv):
         sync(step())
       path = os.path.join(tmp, f"{name}.data")
       wall = _record(step, sync, steps, hz, path)
+      if not os.path.exists(path):
+        sys.exit("perf recorded nothing: attaching to a process may be forbidden here "
+                 "(/proc/sys/kernel/perf_event_paranoid); run as root or lower it.")
       per_step = lambda count: 1000.0 * count / hz / steps  # noqa: E731
       dsos = _samples(path, "dso")
       print(f"\n{name}: {1000 * wall / steps:.1f} ms/step wall, "
