@@ -32,7 +32,7 @@ from absl import app, flags  # noqa: E402
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from kdjax import cpu, recipes  # noqa: E402
+from kdjax import cpu  # noqa: E402
 from kdjax.train import pipeline, step as step_lib  # noqa: E402
 import vs_pytorch  # noqa: E402  (its flags: --method, --teacher, --student, --batch, --rounds, ...)
 
@@ -67,15 +67,10 @@ def _timed(step, n: int, sync) -> tuple[float, float, float, float]:
 
 def main(argv):
   del argv
-  config = recipes.base_config()
-  config.batch_size = vs_pytorch._BATCH.value  # pylint: disable=protected-access
-  cpu.split_cpu(config, vs_pytorch._CPU_DEVICES.value)  # pylint: disable=protected-access
+  images, labels = vs_pytorch.setup()
+  n = len(images)
   variants = {"kdjax": {}, **json.loads(_VARIANTS.value)}
   batch = vs_pytorch._BATCH.value  # pylint: disable=protected-access
-  rng = np.random.default_rng(0)
-  n = 50000 if vs_pytorch._METHOD.value == "crd" else max(batch * 8, 512)  # pylint: disable=protected-access
-  images = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
-  labels = rng.integers(0, 100, n).astype(np.int32)
   steps = {name: (_build(v, images, labels), jax.block_until_ready) for name, v in variants.items()}
   torch_step, threads = vs_pytorch._torch_step(images, labels, n)  # pylint: disable=protected-access
   steps["pytorch"] = (torch_step, lambda loss: float(loss.detach()))

@@ -27,9 +27,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import app, flags  # noqa: E402
 import jax  # noqa: E402
-import numpy as np  # noqa: E402
 
-from kdjax import cpu, recipes  # noqa: E402
+from kdjax import cpu  # noqa: E402
 import vs_pytorch  # noqa: E402  (its flags: --method, --teacher, --student, --batch, --warmup, ...)
 
 _STEPS = flags.DEFINE_integer("profile_steps", 12, "Steps recorded per side.")
@@ -68,19 +67,13 @@ def main(argv):
   del argv
   if shutil.which("perf") is None:
     sys.exit("cpu_profile.py needs Linux `perf` on PATH (e.g. `apt-get install linux-perf`).")
-  config = recipes.base_config()
-  config.batch_size = vs_pytorch._BATCH.value  # pylint: disable=protected-access
-  cpu.split_cpu(config, vs_pytorch._CPU_DEVICES.value)  # pylint: disable=protected-access
-  method = vs_pytorch._METHOD.value  # pylint: disable=protected-access
-  rng = np.random.default_rng(0)
-  n = 50000 if method == "crd" else max(config.batch_size * 8, 512)
-  images = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
-  labels = rng.integers(0, 100, n).astype(np.int32)
+  images, labels = vs_pytorch.setup()
+  n, method = len(images), vs_pytorch._METHOD.value  # pylint: disable=protected-access
   sides = {"kdjax": (vs_pytorch._kdjax_step(images, labels)[0], jax.block_until_ready),  # pylint: disable=protected-access
            "pytorch": (vs_pytorch._torch_step(images, labels, n)[0],  # pylint: disable=protected-access
                        lambda loss: float(loss.detach()))}
   steps, hz = _STEPS.value, _HZ.value
-  print(f"{method}, batch {config.batch_size}, float32, {cpu.usable_cores()} CPU cores "
+  print(f"{method}, batch {vs_pytorch._BATCH.value}, float32, {cpu.usable_cores()} CPU cores "
         f"(jax {jax.__version__}, {jax.device_count()} XLA devices); {steps} steps per side, perf at {hz} Hz")
   with tempfile.TemporaryDirectory() as tmp:
     for name, (step, sync) in sides.items():

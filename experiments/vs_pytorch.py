@@ -194,15 +194,22 @@ def _round(step, n: int, sync) -> float:
   return (time.perf_counter() - t0) / n
 
 
-def main(argv):
-  del argv
+def setup() -> tuple[np.ndarray, np.ndarray]:
+  """Splits the CPU into XLA devices as the command line does (before JAX's first call), then the
+  random uint8 images and labels every side trains on (this script's, ab_step.py's, cpu_profile.py's)."""
   config = recipes.base_config()
   config.batch_size = _BATCH.value
-  cpu.split_cpu(config, _CPU_DEVICES.value)  # as the command line does, before JAX's first call
+  cpu.split_cpu(config, _CPU_DEVICES.value)
   rng = np.random.default_rng(0)
   n = 50000 if _METHOD.value == "crd" else max(_BATCH.value * 8, 512)  # CRD: a bank row per CIFAR image
-  images = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
-  labels = rng.integers(0, 100, n).astype(np.int32)
+  return (rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8),
+          rng.integers(0, 100, n).astype(np.int32))
+
+
+def main(argv):
+  del argv
+  images, labels = setup()
+  n = len(images)
   jstep, compile_s = _kdjax_step(images, labels)
   tstep, threads = _torch_step(images, labels, n)
   jsync, tsync = jax.block_until_ready, lambda loss: float(loss.detach())
