@@ -183,9 +183,12 @@ def _crd_contrast_idx(state, batch):
                                      jnp.asarray(batch["index"]), jnp.asarray(batch["label"]), CRD_K)
 
 
+@pytest.mark.parametrize("scores", ["dense", "gather"])
 @pytest.mark.parametrize("z_first", [True, False], ids=["z_from_batch", "z_frozen"])
-def test_crd_matches_torch_float64(z_first):
-  """Loss, gradients, both updated banks and Z equal RepDistiller's formulation (given indices)."""
+def test_crd_matches_torch_float64(z_first, scores, monkeypatch):
+  """Loss, gradients, both updated banks and Z equal RepDistiller's formulation (given indices),
+  with the scores from one product with the whole bank (CIFAR's case) or from gathered rows."""
+  monkeypatch.setattr(crd, "DENSE_SCORES_MAX_ROWS_PER_CONTRAST", 0 if scores == "gather" else 10**9)
   with jax.enable_x64(True):
     cfg, method, params, state, s_out, t_out, batch = _crd_setup(np.float64, z_first)
     ours = _jax_results("crd", method, params, state, s_out, t_out, batch, _CRD_STATE)
@@ -228,6 +231,15 @@ def _sample(labels, index, k, mode="exact", key=0, draws=1):
   sample = jax.jit(jax.vmap(lambda key: crd.sample_contrast_indices(
       key, tables, jnp.asarray(index), jnp.asarray(labels[index]), k, mode)))
   return np.asarray(sample(jax.random.split(jax.random.key(key), draws)))
+
+
+def test_crd_smallest_k_is_a_stable_argsort():
+  """Row-wise k smallest in ascending order, ties (many here) by lower index, as argsort's."""
+  keys = np.random.default_rng(0).integers(0, 7, (5, 300)).astype(np.float32) / 8
+  keys[2] = 2.0  # one row of equal keys, as the sampler's own-class entries
+  keys[3, :3] = 0.0
+  got = np.asarray(jax.jit(crd.smallest_k, static_argnums=1)(jnp.asarray(keys), 120))
+  np.testing.assert_array_equal(got, np.argsort(keys, axis=1, kind="stable")[:, :120])
 
 
 def test_crd_sampler_negatives_other_classes_without_replacement():

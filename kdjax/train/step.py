@@ -9,6 +9,7 @@ data) is an argument, so the step maps over a leading axis with `jax.vmap`.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 from typing import Any, Callable, Optional, Sequence
@@ -125,6 +126,15 @@ def train_step(state: TrainState, teacher_vars: Sequence[PyTree], images, labels
 
   `teacher_vars` holds one variables tree per teacher (empty without a teacher).
   """
+  # Traced under the batch's mesh, so that methods can split row-wise work that XLA would run
+  # whole on every device (kdjax/data_parallel.py).
+  mesh = getattr(spec.batch_sharding, "mesh", None)
+  with (jax.sharding.use_abstract_mesh(mesh.abstract_mesh) if mesh is not None else contextlib.nullcontext()):
+    return _train_step(state, teacher_vars, images, labels, perm, spec)
+
+
+def _train_step(state: TrainState, teacher_vars, images, labels, perm, spec: StepSpec):
+  """`train_step` under its mesh."""
   crop_key, method_key, dropout_key, teacher_key = jax.random.split(
       jax.random.fold_in(spec.aug_key, state.step), 4)
   x, x_teacher, y, idx = select_batch(spec, state.step, images, labels, perm, crop_key)
