@@ -55,10 +55,11 @@ NCE_EPS = 1e-7
 MODES = ("exact", "relax")
 # Scoring every bank row with one matrix product and picking each anchor's K+1 scores does
 # N / (K+1) times the multiply-adds of gathering its (K+1, D) rows, but never moves the
-# gathered (B, K+1, D) tensor through memory: while N is within a few K it is the faster of the
-# two (CIFAR, N = 50,000, K = 16384, B = 64: forward + backward 33 vs 190 ms on 2 CPU cores;
-# benchmarks.md). ImageNet's 1.28M rows per 16385 contrasts are gathered.
-DENSE_SCORES_MAX_ROWS_PER_CONTRAST = 8
+# gathered (B, K+1, D) tensor through memory, and holds less while N < (K+1) D. On 2 CPU cores
+# (one XLA device, B = 64, K = 16384, forward + backward; experiments/crd_scores.py) the
+# product took 21 / 132 / 250 ms at N = 50,000 (CIFAR) / 16 (K+1) / 32 (K+1), the gather
+# 215-245 ms throughout. ImageNet's 1.28M rows (78 (K+1)) are gathered.
+DENSE_SCORES_MAX_ROWS_PER_CONTRAST = 16
 
 
 def _embedding(in_features: int, dim: int):
@@ -96,7 +97,8 @@ def class_tables(labels: np.ndarray, num_classes: int) -> dict[str, np.ndarray]:
 
 def smallest_k(keys: jax.Array, k: int) -> jax.Array:
   """Indices of the k smallest of each row of (B, N) `keys` in ascending order, ties by lower
-  index: `argsort(keys, axis=1)[:, :k]`, which XLA:CPU ran 2.8x slower (64 x 50,000, k = 16384)."""
+  index: `argsort(keys, axis=1)[:, :k]`, which XLA:CPU ran 2.8x slower (64 x 50,000, k = 16384:
+  655 vs 235 ms; experiments/crd_scores.py)."""
   return data_parallel.per_device_rows(lambda rows: jax.lax.top_k(-rows, k)[1])(keys)
 
 
