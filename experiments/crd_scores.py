@@ -59,7 +59,8 @@ def _time(form: str, e, memory, idx) -> float:
 def main(argv):
   del argv
   b, k, d = _BATCH.value, _K.value, 128
-  print(f"B = {b}, K = {k}, D = {d}; {jax.device_count()} x {jax.devices()[0].platform}, jax {jax.__version__}; "
+  device = f"{jax.device_count()} x {jax.devices()[0].platform}"
+  print(f"B = {b}, K = {k}, D = {d}; {device}, jax {jax.__version__}; "
         f"kdjax takes the product while N <= {crd.DENSE_SCORES_MAX_ROWS_PER_CONTRAST} (K+1)")
   for n in map(int, _ROWS.value):
     memory = jax.random.normal(jax.random.key(0), (n, d))

@@ -42,7 +42,9 @@ _TWO_DEVICES = textwrap.dedent("""
     mesh = jax.make_mesh((2,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
     rows = NamedSharding(mesh, P("data"))
     smallest = lambda k: jax.lax.top_k(-k, 7)[1]
-    topk_shapes = lambda hlo: re.findall(r"f32\\[(\\d+),(\\d+)\\]\\{[^}]*\\}, s32\\[[^]]*\\][^)]*\\) custom-call\\([^)]*\\), custom_call_target=\\"TopK\\"", hlo)
+    # (rows, k) of each TopK's values: the first shape on its line of the compiled HLO.
+    topk_shapes = lambda hlo: [list(re.search(r"f32\\[(\\d+),(\\d+)\\]", line).groups())
+                               for line in hlo.splitlines() if 'custom_call_target="TopK"' in line]
     out = {}
 
     def under_mesh(fn):
