@@ -27,14 +27,16 @@ L = w_ce * CE + w_crd * L_crd; CIFAR-100 (RepDistiller `--distill crd -a 0 -b 0.
 mdistiller `cfg.CRD`): CE 1, CRD 0.8, feat_dim 128, K 16384, tau 0.07, momentum 0.5,
 exact mode.
 
-kdjax differences (none changes a number): the non-gradient parts (both banks, both Z,
-and the per-class index tables the sampler reads) are the method state, threaded
-through the pure train step and checkpointed with it; negatives are drawn on device
-from `batch['rng']` (a uniformly random K-subset of the other classes' examples: the
-first K of an argsort of uniform keys with the own class's keys pushed last), not by
-the data loader; log P is computed as s / tau - log Z, so an underflowing score gives a
-finite loss where the reference's log(0) would not; the normalisations use
-x * rsqrt(max(|x|^2, eps^2)) (equal to the reference's x / |x| for x != 0).
+kdjax differences (none changes a number beyond float32 rounding): the non-gradient parts
+(both banks, both Z, and the per-class index tables the sampler reads) are the method state,
+threaded through the pure train step and checkpointed with it; negatives are drawn on device
+from `batch['rng']` (a uniformly random K-subset of the other classes' examples: the first K
+of an argsort of uniform keys with the own class's keys pushed last, taken with `top_k`), not
+by the data loader; each anchor's K+1 scores are picked from its product with the whole bank
+while N <= 16 (K+1) (`contrast_scores`), rather than computed from its gathered rows; log P
+is computed as s / tau - log Z, so an underflowing score gives a finite loss where the
+reference's log(0) would not; the normalisations use x * rsqrt(max(|x|^2, eps^2)) (equal to
+the reference's x / |x| for x != 0).
 """
 from __future__ import annotations
 
