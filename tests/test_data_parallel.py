@@ -1,4 +1,5 @@
 """`data_parallel.per_device_rows`: row-wise work split over the step's devices, results unchanged."""
+import json
 import os
 import subprocess
 import sys
@@ -91,7 +92,6 @@ def test_split_over_two_devices_runs_each_devices_rows_with_unchanged_results():
   done = subprocess.run([sys.executable, "-c", _TWO_DEVICES], cwd=ROOT, env=env, capture_output=True,
                         text=True, timeout=600)
   assert done.returncode == 0, done.stderr[-3000:]
-  import json  # pylint: disable=import-outside-toplevel
   out = json.loads(done.stdout.split("RESULT", 1)[1])
   assert out["plain"] == {"equal": True, "topk": [["8", "7"]]}  # (rows, k): every row, XLA by itself
   assert out["split"] == {"equal": True, "topk": [["4", "7"]]}
