@@ -6,6 +6,7 @@
     python experiments/benchmark.py --pipeline --data_dir=/data/tfds --batch=512
     python experiments/benchmark.py --pipeline --mock_examples=512 --batch=64   # no ImageNet needed
 
+On a CPU the step runs on one XLA device per core, as a training run's (`--cpu_devices`).
 Prints compile time, then images/s and ms/step over `--steps` steps after
 `--warmup` steps, and peak memory (device allocator where the backend reports
 it; process max RSS on CPU). Data is synthetic uint8 on device, so no dataset is
@@ -35,7 +36,7 @@ from absl import app, flags  # noqa: E402
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from kdjax import data, models, recipes, train  # noqa: E402
+from kdjax import cpu, data, models, recipes, train  # noqa: E402
 from kdjax.data import imagenet  # noqa: E402
 
 _METHOD = flags.DEFINE_string("method", "dkd", "Method name.")
@@ -50,6 +51,9 @@ _SEEDS_MAP = flags.DEFINE_enum("seeds_map", "auto", ["auto", "vmap", "sequential
 _IMAGE_SIZE = flags.DEFINE_integer("image_size", 224, "Crop side of imagenet_* models and --pipeline.")
 _PIPELINE = flags.DEFINE_bool("pipeline", False, "Time the imagenet2012 input pipeline, not the step.")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data_dir holding a prepared imagenet2012.")
+_CPU_DEVICES = flags.DEFINE_integer(
+    "cpu_devices", 0, "XLA devices on the CPU, as kdjax.main's flag (0: one per core dividing the batch, "
+    "what a training run gets; 1: one). No effect on GPU/TPU steps.")
 _MOCK_EXAMPLES = flags.DEFINE_integer(
     "mock_examples", 0, "--pipeline on this many synthetic JPEGs under tfds.testing.mock_data.")
 
@@ -98,6 +102,7 @@ def main(argv):
   config.batch_size, config.dtype = _BATCH.value, _DTYPE.value
   if _SEEDS.value > 1:
     config.seeds, config.seeds_map = ",".join(map(str, range(_SEEDS.value))), _SEEDS_MAP.value
+  cpu.split_cpu(config, _CPU_DEVICES.value)  # before JAX's first backend call, as kdjax.main
   steps = _WARMUP.value + _STEPS.value + 1
   if _STUDENT.value.startswith("imagenet_"):
     dataset = _synthetic_imagenet(steps * _BATCH.value)
