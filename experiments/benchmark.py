@@ -8,8 +8,8 @@
 
 On a CPU the step runs on one XLA device per core, as a training run's (`--cpu_devices`).
 Prints compile time, then images/s and ms/step over `--steps` steps after
-`--warmup` steps, and peak memory (device allocator where the backend reports
-it; process max RSS on CPU). Data is synthetic uint8 on device, so no dataset is
+`--warmup` steps, peak memory (device allocator where the backend reports
+it; process max RSS on CPU), and the wall time of `--epochs` epochs at that step time. Data is synthetic uint8 on device, so no dataset is
 needed: CIFAR-shaped for the CIFAR zoo (the step that trains on CIFAR: on-device
 batch gather, crop/flip, teacher forward, student forward/backward, SGD update),
 224 x 224 batches for `imagenet_*` students (the streaming step that trains on
@@ -51,6 +51,10 @@ _SEEDS_MAP = flags.DEFINE_enum("seeds_map", "auto", ["auto", "vmap", "sequential
 _IMAGE_SIZE = flags.DEFINE_integer("image_size", 224, "Crop side of imagenet_* models and --pipeline.")
 _PIPELINE = flags.DEFINE_bool("pipeline", False, "Time the imagenet2012 input pipeline, not the step.")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data_dir holding a prepared imagenet2012.")
+_EPOCHS = flags.DEFINE_integer("epochs", 240, "Epochs of the printed wall-time projection.")
+_TRAIN_SIZE = flags.DEFINE_integer(
+    "train_size", 0, "Training images per epoch of the projection (0: 50,000 as CIFAR-100's, "
+    "1,281,167 as ImageNet's for imagenet_* students).")
 _CPU_DEVICES = flags.DEFINE_integer(
     "cpu_devices", 0, "XLA devices on the CPU, as kdjax.main's flag (0: one per core dividing the batch, "
     "what a training run gets; 1: one). No effect on GPU/TPU steps.")
@@ -145,6 +149,15 @@ def main(argv):
   seeds = f" ({run.seeds} seeds, {config.seeds_map})" if run.seeds else ""
   print(f"step {1000 * dt / _STEPS.value:.1f} ms{seeds}, {ips:.{0 if ips >= 10 else 2}f} images/s "
         f"over {_STEPS.value} steps; {memory}; final loss {float(np.mean(metrics['loss'])):.4f}")
+  train_size = _TRAIN_SIZE.value or (1281167 if _STUDENT.value.startswith("imagenet_") else 50000)
+  hours = projected_hours(dt / _STEPS.value, train_size, _BATCH.value, _EPOCHS.value)
+  print(f"projected {_EPOCHS.value} epochs of {train_size} images at this step time: {hours:.1f} h "
+        "(train steps only: no evaluation, input pipeline or checkpoints)")
+
+
+def projected_hours(step_seconds: float, train_size: int, batch: int, epochs: int) -> float:
+  """Hours of `epochs` epochs of `train_size // batch` steps (the trainer drops the last partial batch)."""
+  return step_seconds * (train_size // batch) * epochs / 3600
 
 
 def _mock_as_dataset(self, split, decoders=None, read_config=None, **kwargs):

@@ -13,7 +13,7 @@ The train step is compiled with `compiler_options(platform)` (below): on the CPU
 convolutions go to XLA's Eigen runtime rather than YNNPACK (the single-core convolutions above
 are YNNPACK's), whose weight gradients were the slowest part of a CIFAR step. Eigen uses every
 core, and the split still pays: DKD step 946-1023 ms on 2 devices, 1067 ms on one, 1100 ms on 4
-(2026-12-07).
+(2026-12-07). bfloat16 steps leave elementwise ops out of YNNPACK (`CPU_BF16_COMPILER_OPTIONS`).
 """
 from __future__ import annotations
 
@@ -32,6 +32,12 @@ YNN_FUSION_OPTION = "xla_cpu_experimental_ynn_fusion_type"
 # with heap corruption under this set (benchmarks.md, 2026-12-07); XLA_FLAGS overrides it.
 CPU_COMPILER_OPTIONS = {YNN_FUSION_OPTION: "LIBRARY_FUSION_TYPE_DOT,LIBRARY_FUSION_TYPE_ELTWISE,"
                                            "LIBRARY_FUSION_TYPE_REDUCE"}
+# bfloat16 steps leave elementwise ops out of YNNPACK: with them XLA fuses a bfloat16 teacher's
+# whole eval forward (its convolutions run as float32 between converts) into one YNNPACK fusion,
+# and on 2 XLA devices that corrupted the heap (glibc `malloc assertion failure`, or a segfault)
+# in 5 of 8 runs of resnet32x4's forward and 3 of 4 KD steps; without it, 0 of 8 and 0 of 6
+# (benchmarks.md, 2026-12-07, session 5). float32 forms smaller fusions and ran clean throughout.
+CPU_BF16_COMPILER_OPTIONS = {YNN_FUSION_OPTION: "LIBRARY_FUSION_TYPE_DOT,LIBRARY_FUSION_TYPE_REDUCE"}
 
 
 def usable_cores() -> int:
@@ -60,10 +66,12 @@ def split_cpu(config, requested: int = 0, env: Optional[MutableMapping[str, str]
   return n
 
 
-def compiler_options(platform: str, env: Optional[MutableMapping[str, str]] = None) -> Optional[dict]:
-  """XLA options for compiling a train step on `platform`: `CPU_COMPILER_OPTIONS` on the CPU
-  unless XLA_FLAGS sets the YNNPACK fusion itself; None (XLA's defaults) elsewhere."""
+def compiler_options(platform: str, env: Optional[MutableMapping[str, str]] = None, *,
+                     dtype: str = "float32") -> Optional[dict]:
+  """XLA options for compiling a train step of compute `dtype` on `platform`: on the CPU
+  `CPU_COMPILER_OPTIONS` (`CPU_BF16_COMPILER_OPTIONS` for bfloat16) unless XLA_FLAGS sets the
+  YNNPACK fusion itself; None (XLA's defaults) elsewhere."""
   env = os.environ if env is None else env
   if platform != "cpu" or YNN_FUSION_OPTION in env.get("XLA_FLAGS", ""):
     return None
-  return dict(CPU_COMPILER_OPTIONS)
+  return dict(CPU_BF16_COMPILER_OPTIONS if dtype == "bfloat16" else CPU_COMPILER_OPTIONS)

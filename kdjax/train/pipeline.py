@@ -161,7 +161,7 @@ def build(config: ml_collections.ConfigDict, dataset: data_lib.Dataset, mesh: ja
   step_fn = (functools.partial(seeds_lib.train_step, spec=spec, aug_keys=aug_key, mode=mode) if seeds
              else functools.partial(step_lib.train_step, spec=spec))
   train_step = jax.jit(step_fn, out_shardings=(replicated, replicated), donate_argnums=(0,),
-                       compiler_options=cpu_lib.compiler_options(platform))
+                       compiler_options=cpu_lib.compiler_options(platform, dtype=config.dtype))
   permute_one = lambda key: jax.random.permutation(key, num_train)
   permute = jax.jit(jax.vmap(permute_one) if seeds else permute_one, out_shardings=replicated)
   num_devices = mesh.devices.size
