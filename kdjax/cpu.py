@@ -35,7 +35,7 @@ CPU_COMPILER_OPTIONS = {YNN_FUSION_OPTION: "LIBRARY_FUSION_TYPE_DOT,LIBRARY_FUSI
 # bfloat16 steps leave elementwise ops out of YNNPACK: with them XLA fuses a bfloat16 teacher's
 # whole eval forward (its convolutions run as float32 between converts) into one YNNPACK fusion,
 # and on 2 XLA devices that corrupted the heap (glibc `malloc assertion failure`, or a segfault)
-# in 5 of 8 runs of resnet32x4's forward and 3 of 4 KD steps; without it, 0 of 8 and 0 of 6
+# in 9 of 14 runs of resnet32x4's forward and 3 of 5 of a KD step; without it, 0 of 8 and 0 of 4
 # (benchmarks.md, 2026-12-07, session 5). float32 forms smaller fusions and ran clean throughout.
 CPU_BF16_COMPILER_OPTIONS = {YNN_FUSION_OPTION: "LIBRARY_FUSION_TYPE_DOT,LIBRARY_FUSION_TYPE_REDUCE"}
 
