@@ -9,8 +9,8 @@
 On a CPU the step runs on one XLA device per core, as a training run's (`--cpu_devices`).
 Prints compile time, then images/s and ms/step over `--steps` steps after
 `--warmup` steps, peak memory (device allocator where the backend reports
-it; process max RSS on CPU), and the wall time of `--epochs` epochs at that step time. Data is synthetic uint8 on device, so no dataset is
-needed: CIFAR-shaped for the CIFAR zoo (the step that trains on CIFAR: on-device
+it; process max RSS on CPU), and the wall time of `--epochs` epochs at that step
+time. Data is synthetic uint8 on device, so no dataset is needed: CIFAR-shaped for the CIFAR zoo (the step that trains on CIFAR: on-device
 batch gather, crop/flip, teacher forward, student forward/backward, SGD update),
 224 x 224 batches for `imagenet_*` students (the streaming step that trains on
 ImageNet: normalisation, teacher forward, student update).

@@ -36,7 +36,8 @@ CPU_COMPILER_OPTIONS = {YNN_FUSION_OPTION: "LIBRARY_FUSION_TYPE_DOT,LIBRARY_FUSI
 # whole eval forward (its convolutions run as float32 between converts) into one YNNPACK fusion,
 # and on 2 XLA devices that corrupted the heap (glibc `malloc assertion failure`, or a segfault)
 # in 9 of 14 runs of resnet32x4's forward and 3 of 5 of a KD step; without it, 0 of 8 and 0 of 4
-# (benchmarks.md, 2026-12-07, session 5). float32 forms smaller fusions and ran clean throughout.
+# (benchmarks.md, 2026-12-07, session 5). No float32 graph of kdjax's has aborted, CIFAR ResNet50's
+# 42-convolution YNNPACK fusion included, so float32 steps keep the faster set.
 CPU_BF16_COMPILER_OPTIONS = {YNN_FUSION_OPTION: "LIBRARY_FUSION_TYPE_DOT,LIBRARY_FUSION_TYPE_REDUCE"}
 
 
