@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The GPU/TPU figures benchmarks.md asks for, in one run (issue 14's list): DKD resnet32x4 ->
 # resnet8x4 at batch 64 in float32 and bfloat16, 1 vs 5 seeds in one program, ImageNet
-# resnet34 -> resnet18 at batch 512 in bfloat16, each with its projected epochs' wall time
-# (240 for CIFAR; ImageNet's recipes run 100: pass --epochs=100 there), then the quickstart
+# resnet34 -> resnet18 at batch 512 in bfloat16, each with its projected wall time (240 epochs
+# for CIFAR, 100 for ImageNet as its recipes), then the quickstart
 # with 1 and 5 seeds. Extra arguments go to every benchmark.py call, e.g. `--steps=2 --warmup=1`
 # for a smoke run. Copy what it prints into experiments/results/benchmarks.md with the date,
 # the device (it prints `nvidia-smi -L` where there is one) and this command.
